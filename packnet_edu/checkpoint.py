@@ -1,0 +1,168 @@
+"""Checkpoints: one versioned file, plain tensors only, written atomically.
+
+A checkpoint is a dict (loaded with `torch.load(weights_only=True)`, so no
+pickled code runs) holding the model's state dict, the owner maps packed to
+ceil(log2(T + 1)) bits per weight for T tasks (the original stores 8), the
+task names, the config, and, for a run in progress, what is needed to resume.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import torch
+from torch import nn
+
+from .engine import STATE_VERSION, PackNet
+from .models import MultiHeadNet, build_model
+
+FORMAT = "packnet_edu.checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message says why and what to do."""
+
+
+# ------------------------------------------------------------ packed masks
+def bits_for(num_tasks: int) -> int:
+    """Bits per weight to store owners 0..num_tasks: ceil(log2(T + 1)), at least 1."""
+    return max(1, math.ceil(math.log2(num_tasks + 1)))
+
+
+def pack_owner(owner: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 owner map -> (bits, ceil(n / 8)) uint8 bit planes."""
+    flat = owner.flatten().to(torch.int64)
+    top = int(flat.max()) if flat.numel() else 0
+    if top >= 2 ** bits:
+        raise ValueError(f"owner ids up to {top} do not fit in {bits} bits")
+    pad = (-flat.numel()) % 8
+    flat = torch.cat([flat, flat.new_zeros(pad)])
+    place = 2 ** torch.arange(8, dtype=torch.int64)
+    planes = [(((flat >> b) & 1).view(-1, 8) * place).sum(1) for b in range(bits)]
+    return torch.stack(planes).to(torch.uint8)
+
+
+def unpack_owner(packed: torch.Tensor, shape, bits: int) -> torch.Tensor:
+    n = math.prod(shape)
+    place = 2 ** torch.arange(8, dtype=torch.int64)
+    values = torch.zeros(packed.shape[1] * 8, dtype=torch.int64)
+    for b in range(bits):
+        plane = (packed[b].to(torch.int64).unsqueeze(1) & place).ne(0).flatten()
+        values |= plane.to(torch.int64) << b
+    return values[:n].view(*shape).to(torch.uint8)
+
+
+# ------------------------------------------------------------ build / save / load
+def make_checkpoint(model: MultiHeadNet, engine: PackNet, config: dict, task_names,
+                    progress: Optional[dict] = None) -> dict:
+    bits = bits_for(engine.num_tasks)
+    return {
+        "format": FORMAT, "version": FORMAT_VERSION,
+        "config": dict(config), "task_names": list(task_names),
+        "num_classes": model.num_classes,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "engine": {"version": STATE_VERSION, "num_tasks": engine.num_tasks,
+                   "training_task": engine.training_task},
+        "owner": {name: {"shape": list(o.shape), "bits": bits, "packed": pack_owner(o.cpu(), bits)}
+                  for name, o in engine.owner.items()},
+        "progress": progress,
+    }
+
+
+def save(ckpt: dict, path: Union[str, Path]) -> Path:
+    """Write atomically: a temporary file in the same folder, then rename, so a
+    run killed mid-write leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(path: Union[str, Path]) -> dict:
+    """Read and validate a checkpoint file (weights_only: no code is unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise CheckpointError(f"{path} is truncated or not a packnet_edu checkpoint "
+                              f"({type(err).__name__}); re-run or use an earlier checkpoint") from None
+    except Exception as err:  # weights_only refuses unknown pickled objects
+        raise CheckpointError(f"{path} holds objects other than tensors and plain data "
+                              f"({str(err).splitlines()[0][:200]}); it was not written by packnet_edu") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a packnet_edu checkpoint (no '{FORMAT}' marker)")
+    version = ckpt.get("version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {version}, newer than this "
+                              f"packnet_edu reads ({FORMAT_VERSION}): upgrade packnet_edu")
+    return ckpt
+
+
+def owner_maps(ckpt: dict) -> Dict[str, torch.Tensor]:
+    """The unpacked uint8 owner maps of a checkpoint."""
+    return {n: unpack_owner(e["packed"], e["shape"], e["bits"]) for n, e in ckpt["owner"].items()}
+
+
+def restore_into(ckpt: dict, model: MultiHeadNet, engine: PackNet) -> None:
+    """Load a checkpoint into an existing model and engine of the same architecture."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        lines = [l.strip() for l in str(err).splitlines() if l.strip()][:3]
+        raise CheckpointError("the checkpoint does not fit this model (wrong architecture?): "
+                              + " ".join(lines)[:500]) from None
+    try:
+        engine.load_state_dict(dict(ckpt["engine"], owner=owner_maps(ckpt)))
+    except Exception as err:
+        raise CheckpointError(f"the checkpoint's owner maps do not fit this model: {err}") from None
+
+
+def restore(ckpt: Union[dict, str, Path], device: str = "cpu"):
+    """(model, engine) rebuilt from a checkpoint (or its path) by the config's model name."""
+    if not isinstance(ckpt, dict):
+        ckpt = load(ckpt)
+    cfg = ckpt["config"]
+    kwargs = {"width": cfg["width"]} if cfg.get("model", "small_vgg") == "small_vgg" and "width" in cfg else {}
+    model = build_model(cfg.get("model", "small_vgg"), ckpt["num_classes"], **kwargs)
+    engine = PackNet(model.trunk)
+    restore_into(ckpt, model, engine)
+    return model.to(device), engine
+
+
+def export_task(model: MultiHeadNet, engine: PackNet, task: int) -> nn.Sequential:
+    """Task `task` as a standalone dense network: a copy of the trunk whose
+    weights of later tasks (and free ones) are zero, followed by its head.
+    Needs no engine at inference; the original model is not modified."""
+    import copy
+    masks = engine.task_masks(task)
+    hooks = {m: dict(m._forward_pre_hooks) for m in engine.module.modules()}
+    for m in engine.module.modules():      # the engine's BatchNorm hooks stay behind
+        m._forward_pre_hooks.clear()
+    try:
+        trunk = copy.deepcopy(engine.module)
+    finally:
+        for m, h in hooks.items():
+            m._forward_pre_hooks.update(h)
+    with torch.no_grad():
+        for name, p in trunk.named_parameters():
+            if name in masks:
+                p.mul_(masks[name].to(p.device, p.dtype))
+    net = nn.Sequential(trunk, copy.deepcopy(model.heads[task - 1]))
+    net.eval()
+    return net

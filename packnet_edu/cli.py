@@ -1,0 +1,119 @@
+"""Command line: `python -m packnet_edu {run,info,...} --help`.
+
+Every field of `train.Config` is a flag (or a key of a JSON `--config` file),
+so no hyperparameter is hard-coded here.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from .train import Config
+
+
+def parse_prune(text: str):
+    """'paper', 'equal', '0.75' or '0.5,0.75,0.75,0'."""
+    if text in ("paper", "equal"):
+        return text
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--prune {text!r}: use 'paper', 'equal', a ratio such as 0.75, or one per task: 0.5,0.75,0.75,0")
+    return values[0] if len(values) == 1 else values
+
+
+def _optional_int(text: str) -> Optional[int]:
+    return None if text.lower() in ("none", "all") else int(text)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per Config field, default None (= keep the config file's or default value)."""
+    parser.add_argument("--config", type=Path, help="JSON file with Config fields (flags override it)")
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        kwargs = {"default": None, "help": f"(default: {default})"}
+        if f.name == "tasks":
+            kwargs.update(nargs="+")
+        elif f.name == "prune":
+            kwargs.update(type=parse_prune, help="'paper' (0.5, 0.75, ..., last 0), 'equal' (1 - 1/(T - t)), "
+                                                 "a ratio, or a comma list, one per task (default: paper)")
+        elif f.name in ("max_train", "lr_step"):
+            kwargs.update(type=_optional_int)
+        elif isinstance(default, bool):
+            kwargs.update(type=lambda s: s.lower() in ("1", "true", "yes"))
+        elif isinstance(default, (int, float, str)):
+            kwargs.update(type=type(default))
+        parser.add_argument(flag, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    values = {}
+    if getattr(args, "config", None):
+        try:
+            values = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise SystemExit(f"error: cannot read --config {args.config}: {err}")
+        unknown = set(values) - {f.name for f in dataclasses.fields(Config)}
+        if unknown:
+            raise SystemExit(f"error: unknown keys in {args.config}: {sorted(unknown)}; "
+                             f"valid keys: {[f.name for f in dataclasses.fields(Config)]}")
+    for f in dataclasses.fields(Config):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    return Config(**values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m packnet_edu", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train PackNet on a task sequence; print and save the results")
+    add_config_flags(run)
+    run.add_argument("--out", type=Path, default=Path("runs/packnet"), help="output folder")
+    run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    run.set_defaults(func=cmd_run)
+
+    info = sub.add_parser("info", help="describe a checkpoint: tasks, ownership per layer, bytes per weight")
+    info.add_argument("checkpoint", type=Path)
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def cmd_run(args) -> int:
+    from .experiments import run_method_packnet_cli
+    return run_method_packnet_cli(config_from_args(args), args.out, args.resume)
+
+
+def cmd_info(args) -> int:
+    from . import checkpoint as ck
+    from .report import ownership_table
+    try:
+        ckpt = ck.load(args.checkpoint)
+    except ck.CheckpointError as err:
+        raise SystemExit(f"error: {err}")
+    owner = ck.owner_maps(ckpt)
+    n = sum(o.numel() for o in owner.values())
+    bits = next(iter(ckpt["owner"].values()))["bits"]
+    print(f"checkpoint {args.checkpoint} (format version {ckpt['version']})")
+    print(f"tasks: {', '.join(ckpt['task_names'][:ckpt['engine']['num_tasks']])} "
+          f"({ckpt['engine']['num_tasks']} trained of {len(ckpt['task_names'])})")
+    print(f"model: {ckpt['config'].get('model')}, {n:,} packed weights; owner maps stored with "
+          f"{bits} bit(s) per weight ({bits / 8:.3f} bytes; the original PackNet stores 1 byte)")
+    print(ownership_table(owner, ckpt["task_names"]))
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

