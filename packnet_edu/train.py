@@ -33,6 +33,7 @@ class Config:
     width: int = 16                 # channels of small_vgg's first layer
     prune: PruneSpec = "paper"      # see prune_schedule
     epochs: int = 3                 # training epochs per task
+    first_task_epochs: Optional[int] = None  # task 1's (None: `epochs`; 0 for a pretrained task 1)
     retrain_epochs: int = 1         # post-prune fine-tuning epochs
     lr: float = 0.01
     retrain_lr: float = 0.001
@@ -43,6 +44,10 @@ class Config:
     max_train: Optional[int] = 10000  # cap on each task's training split (None: all)
     seed: int = 0
     device: str = "cpu"
+    amp: bool = False               # bf16 autocast (CUDA)
+    workers: int = 0                # data loader processes (image folders; tensors need none)
+    data_root: Optional[str] = None  # where prepared image datasets live (VGG-16 pipeline)
+    weights: Optional[str] = None   # VGG-16 start: None, "imagenet" or a state-dict file
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -80,14 +85,20 @@ def prune_schedule(spec: PruneSpec, num_tasks: int) -> List[float]:
 
 
 # ------------------------------------------------------------ the loop
+def autocast(device: str, amp: bool):
+    """bf16 autocast on CUDA when `amp`, otherwise a no-op context."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.startswith("cuda"))
+
+
 def train_one_epoch(model: MultiHeadNet, task: int, optimizer: torch.optim.Optimizer,
-                    loader, device: str = "cpu", desc: str = "train") -> float:
+                    loader, device: str = "cpu", desc: str = "train", amp: bool = False) -> float:
     """One pass over `loader` for head `task`. Returns the mean training loss."""
     model.train()
     total, count = 0.0, 0
     for x, y in tqdm(loader, desc=desc, leave=False, mininterval=1.0):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = F.cross_entropy(model(x, task), y)
+        with autocast(device, amp):
+            loss = F.cross_entropy(model(x, task), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -97,24 +108,39 @@ def train_one_epoch(model: MultiHeadNet, task: int, optimizer: torch.optim.Optim
 
 
 @torch.no_grad()
-def evaluate(model: MultiHeadNet, task: int, loader, device: str = "cpu") -> float:
+def evaluate(model: MultiHeadNet, task: int, loader, device: str = "cpu", amp: bool = False) -> float:
     """Top-1 accuracy (%) of head `task` on `loader`."""
     model.eval()
     correct, count = 0, 0
     for x, y in loader:
-        pred = model(x.to(device), task).argmax(1)
+        with autocast(device, amp):
+            pred = model(x.to(device, non_blocking=True), task).argmax(1)
         correct += int((pred.cpu() == y).sum())
         count += len(y)
     return 100.0 * correct / max(count, 1)
 
 
 def evaluate_task(model: MultiHeadNet, engine: Optional[PackNet], task: int, loader,
-                  device: str = "cpu") -> float:
+                  device: str = "cpu", amp: bool = False) -> float:
     """Accuracy of task `task` as PackNet infers it: weights of tasks 1..task only."""
     if engine is None:
-        return evaluate(model, task, loader, device)
+        return evaluate(model, task, loader, device, amp)
     with engine.task_view(task):
-        return evaluate(model, task, loader, device)
+        return evaluate(model, task, loader, device, amp)
+
+
+def loader_for(dataset, cfg: "Config", train: bool, seed: int = 0):
+    """Training (shuffled, seeded) or evaluation batches for any dataset:
+    in-memory tensors are sliced directly; image folders go through worker
+    processes with pinned memory so decoding stays off the training loop."""
+    batch = cfg.batch_size if train else max(cfg.batch_size, 256)
+    if isinstance(dataset, torch.utils.data.TensorDataset):
+        return make_loader(dataset, batch, shuffle=train, seed=seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch, shuffle=train, num_workers=cfg.workers,
+        generator=torch.Generator().manual_seed(seed) if train else None,
+        pin_memory=cfg.device.startswith("cuda"), persistent_workers=cfg.workers > 0,
+        drop_last=False)
 
 
 def trainable_parameters(model: MultiHeadNet, task: int) -> List[nn.Parameter]:
@@ -131,15 +157,15 @@ def fit(model: MultiHeadNet, task: int, data: Task, cfg: Config, epochs: int, lr
     if engine is not None:
         engine.protect(optimizer)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step or max(epochs, 1), 0.1)
-    val_loader = make_loader(data.val, 512, shuffle=False)
-    best = {"val": evaluate_task(model, engine, task, val_loader, cfg.device), "epoch": 0,
+    val_loader = loader_for(data.val, cfg, train=False)
+    best = {"val": evaluate_task(model, engine, task, val_loader, cfg.device, cfg.amp), "epoch": 0,
             "state": copy.deepcopy(model.state_dict()), "loss": []}
     for epoch in range(1, epochs + 1):
-        loader = make_loader(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + task * 10 + epoch)
+        loader = loader_for(data.train, cfg, train=True, seed=cfg.seed * 1000 + task * 10 + epoch)
         best["loss"].append(train_one_epoch(model, task, optimizer, loader, cfg.device,
-                                            desc=f"{desc} epoch {epoch}/{epochs}"))
+                                            desc=f"{desc} epoch {epoch}/{epochs}", amp=cfg.amp))
         scheduler.step()
-        acc = evaluate_task(model, engine, task, val_loader, cfg.device)
+        acc = evaluate_task(model, engine, task, val_loader, cfg.device, cfg.amp)
         if acc > best["val"]:
             best.update(val=acc, epoch=epoch, state=copy.deepcopy(model.state_dict()))
     model.load_state_dict(best.pop("state"))
@@ -147,16 +173,32 @@ def fit(model: MultiHeadNet, task: int, data: Task, cfg: Config, epochs: int, lr
 
 
 # ------------------------------------------------------------ PackNet
+def load_tasks(cfg: Config) -> List[Task]:
+    """The tasks `cfg.tasks` names: the offline sequence's, or (with
+    `cfg.data_root`) the paper's image datasets from vgg_data."""
+    if cfg.data_root is not None:
+        from .vgg_data import load_image_tasks
+        return load_image_tasks(cfg.tasks, cfg.data_root)
+    return offline_sequence(cfg.tasks, seed=cfg.seed, max_train=cfg.max_train)
+
+
+def make_model(cfg: Config, num_classes: Sequence[int]) -> MultiHeadNet:
+    """The model `cfg` names, seeded by `cfg.seed`, on `cfg.device`."""
+    torch.manual_seed(cfg.seed)
+    kwargs = {"width": cfg.width} if cfg.model == "small_vgg" else {"weights": cfg.weights}
+    return build_model(cfg.model, num_classes, **kwargs).to(cfg.device)
+
+
 def accuracy_row(model, engine, tasks: Sequence[Task], upto: int, cfg: Config) -> List[Optional[float]]:
     """Test accuracy on tasks 1..upto (None for tasks not yet seen)."""
-    return [evaluate_task(model, engine, j, make_loader(t.test, 512, shuffle=False), cfg.device)
+    return [evaluate_task(model, engine, j, loader_for(t.test, cfg, train=False), cfg.device, cfg.amp)
             if j <= upto else None for j, t in enumerate(tasks, start=1)]
 
 
 def probe_outputs(model, engine, task: int, data: Task, cfg: Config) -> torch.Tensor:
     """Task `task`'s logits on a fixed batch of its validation images: compared
     with torch.equal after later tasks to *check* that nothing was forgotten."""
-    x = data.val.tensors[0][:256].to(cfg.device)
+    x = next(iter(loader_for(data.val, cfg, train=False)))[0][:256].to(cfg.device)
     model.eval()
     with torch.no_grad(), engine.task_view(task):
         return model(x, task).cpu()
@@ -168,7 +210,8 @@ def run_packnet(cfg: Config, tasks: Optional[Sequence[Task]] = None,
     """Train PackNet on `tasks` (default: the offline sequence of `cfg.tasks`).
 
     For each task t: start_task, train `epochs`, prune(ratio_t) and retrain
-    `retrain_epochs` (skipped when ratio_t is 0), end_task, then measure the
+    `retrain_epochs` (a task with ratio 0 is not pruned and trains
+    `epochs + retrain_epochs` instead: the same budget), end_task, then measure the
     test accuracy of every task so far (row t of the accuracy matrix).
 
     `on_phase_end(progress, model, engine, task_names)` is called after each
@@ -178,11 +221,9 @@ def run_packnet(cfg: Config, tasks: Optional[Sequence[Task]] = None,
     Returns a dict with the model, engine, accuracy matrix and per-layer ownership.
     """
     t0 = time.time()
-    tasks = list(tasks) if tasks is not None else offline_sequence(cfg.tasks, seed=cfg.seed, max_train=cfg.max_train)
+    tasks = list(tasks) if tasks is not None else load_tasks(cfg)
     ratios = prune_schedule(cfg.prune, len(tasks))
-    torch.manual_seed(cfg.seed)
-    kwargs = {"width": cfg.width} if cfg.model == "small_vgg" else {}
-    model = build_model(cfg.model, [t.num_classes for t in tasks], **kwargs).to(cfg.device)
+    model = make_model(cfg, [t.num_classes for t in tasks])
     engine = PackNet(model.trunk)
     state = {"phase": None, "task": 0, "matrix": [], "val": [], "probes": []}
     if resume_from is not None:
@@ -203,13 +244,16 @@ def run_packnet(cfg: Config, tasks: Optional[Sequence[Task]] = None,
         if not (t == state["task"] and state["phase"] == "train"):
             torch.manual_seed(cfg.seed * 1000 + t)
             engine.start_task()
-            fit_info = fit(model, t, data, cfg, cfg.epochs, cfg.lr, params, engine, desc=f"{name} train")
+            epochs = cfg.epochs if t > 1 or cfg.first_task_epochs is None else cfg.first_task_epochs
+            if ratios[t - 1] == 0:       # not pruned: the retraining epochs go to training
+                epochs += cfg.retrain_epochs
+            fit_info = fit(model, t, data, cfg, epochs, cfg.lr, params, engine, desc=f"{name} train")
             state["val"].append({"train": fit_info["val"]})
             phase_done("train", t)
         torch.manual_seed(cfg.seed * 1000 + t + 500)
         if ratios[t - 1] > 0:
             engine.prune(ratios[t - 1])
-            pruned_val = evaluate_task(model, engine, t, make_loader(data.val, 512, False), cfg.device)
+            pruned_val = evaluate_task(model, engine, t, loader_for(data.val, cfg, train=False), cfg.device, cfg.amp)
             fit_info = fit(model, t, data, cfg, cfg.retrain_epochs, cfg.retrain_lr, params, engine,
                            desc=f"{name} retrain")
             state["val"][-1].update(pruned=pruned_val, retrained=fit_info["val"])
