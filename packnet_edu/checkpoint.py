@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Dict, Optional, Union
 
@@ -99,12 +98,9 @@ def load(path: Union[str, Path]) -> dict:
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+    except Exception as err:  # a cut-off zip, random bytes, or pickled code weights_only refuses
         raise CheckpointError(f"{path} is truncated or not a packnet_edu checkpoint "
-                              f"({type(err).__name__}); re-run or use an earlier checkpoint") from None
-    except Exception as err:  # weights_only refuses unknown pickled objects
-        raise CheckpointError(f"{path} holds objects other than tensors and plain data "
-                              f"({str(err).splitlines()[0][:200]}); it was not written by packnet_edu") from None
+                              f"({type(err).__name__}); re-run, or use an earlier checkpoint") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a packnet_edu checkpoint (no '{FORMAT}' marker)")
     version = ckpt.get("version")
@@ -133,13 +129,18 @@ def restore_into(ckpt: dict, model: MultiHeadNet, engine: PackNet) -> None:
         raise CheckpointError(f"the checkpoint's owner maps do not fit this model: {err}") from None
 
 
+def _architecture(config: dict, num_classes) -> MultiHeadNet:
+    """The untrained network a checkpoint's config names (weights come from the file)."""
+    name = config.get("model", "small_vgg")
+    kwargs = {"width": config["width"]} if name == "small_vgg" and "width" in config else {}
+    return build_model(name, num_classes, **kwargs)
+
+
 def restore(ckpt: Union[dict, str, Path], device: str = "cpu"):
     """(model, engine) rebuilt from a checkpoint (or its path) by the config's model name."""
     if not isinstance(ckpt, dict):
         ckpt = load(ckpt)
-    cfg = ckpt["config"]
-    kwargs = {"width": cfg["width"]} if cfg.get("model", "small_vgg") == "small_vgg" and "width" in cfg else {}
-    model = build_model(cfg.get("model", "small_vgg"), ckpt["num_classes"], **kwargs)
+    model = _architecture(ckpt["config"], ckpt["num_classes"])
     engine = PackNet(model.trunk)
     restore_into(ckpt, model, engine)
     return model.to(device), engine
@@ -166,3 +167,30 @@ def export_task(model: MultiHeadNet, engine: PackNet, task: int) -> nn.Sequentia
     net = nn.Sequential(trunk, copy.deepcopy(model.heads[task - 1]))
     net.eval()
     return net
+
+
+EXPORT_FORMAT = "packnet_edu.export"
+
+
+def export_task_file(ckpt_path: Union[str, Path], task: int, out: Union[str, Path]) -> Path:
+    """Write task `task` of a checkpoint as a standalone model file."""
+    ckpt = load(ckpt_path)
+    model, engine = restore(ckpt)
+    try:
+        net = export_task(model, engine, task)
+    except Exception as err:
+        raise ValueError(str(err)) from None
+    return save({"format": EXPORT_FORMAT, "version": FORMAT_VERSION, "config": ckpt["config"],
+                 "task": task, "task_name": ckpt["task_names"][task - 1],
+                 "num_classes": ckpt["num_classes"][task - 1], "state": net.state_dict()}, out)
+
+
+def load_exported(path: Union[str, Path]) -> nn.Sequential:
+    """A standalone task model written by export_task_file: trunk then head, in eval mode."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != EXPORT_FORMAT:
+        raise CheckpointError(f"{path} is not a packnet_edu exported task model")
+    model = _architecture(blob["config"], [blob["num_classes"]])
+    net = nn.Sequential(model.trunk, model.heads[0])
+    net.load_state_dict(blob["state"])
+    return net.eval()

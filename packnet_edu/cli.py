@@ -33,7 +33,8 @@ def _optional_int(text: str) -> Optional[int]:
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per Config field, default None (= keep the config file's or default value)."""
-    parser.add_argument("--config", type=Path, help="JSON file with Config fields (flags override it)")
+    parser.add_argument("--config", help="a named preset (paper-vgg16, paper-vgg16-bn) or a JSON file "
+                                         "of Config fields; flags override it")
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
         default = f.default
@@ -43,7 +44,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         elif f.name == "prune":
             kwargs.update(type=parse_prune, help="'paper' (0.5, 0.75, ..., last 0), 'equal' (1 - 1/(T - t)), "
                                                  "a ratio, or a comma list, one per task (default: paper)")
-        elif f.name in ("max_train", "lr_step"):
+        elif f.name in ("max_train", "lr_step", "first_task_epochs"):
             kwargs.update(type=_optional_int)
         elif isinstance(default, bool):
             kwargs.update(type=lambda s: s.lower() in ("1", "true", "yes"))
@@ -54,11 +55,17 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     values = {}
-    if getattr(args, "config", None):
-        try:
-            values = json.loads(Path(args.config).read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise SystemExit(f"error: cannot read --config {args.config}: {err}")
+    name = getattr(args, "config", None)
+    if name:
+        presets = _presets()
+        if name in presets:
+            values = presets[name].to_dict()
+        else:
+            try:
+                values = json.loads(Path(name).read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise SystemExit(f"error: --config {name} is neither a preset ({', '.join(presets) or 'none'}) "
+                                 f"nor a readable JSON file: {err}")
         unknown = set(values) - {f.name for f in dataclasses.fields(Config)}
         if unknown:
             raise SystemExit(f"error: unknown keys in {args.config}: {sorted(unknown)}; "
@@ -68,6 +75,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if v is not None:
             values[f.name] = v
     return Config(**values)
+
+
+def _presets() -> dict:
+    try:
+        from .presets import PRESETS
+    except ImportError:
+        return {}
+    return PRESETS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,9 +95,33 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     run.set_defaults(func=cmd_run)
 
+    from .baselines import METHODS
+    from .experiments import compare_cli, report_cli
+    comp = sub.add_parser("compare", help="every method (PackNet and its baselines) on the same tasks; "
+                                          "writes results.json, matrices.csv, report.md and figures")
+    add_config_flags(comp)
+    comp.add_argument("--methods", nargs="+", choices=METHODS, default=None, help="default: all")
+    comp.add_argument("--sweep", default="0.25,0.5,0.75,0.9",
+                      help="prune ratios for the accuracy-against-ratio curve ('none' to skip)")
+    comp.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
+    comp.set_defaults(func=compare_cli)
+
+    rep = sub.add_parser("report", help="rewrite report.md and figures from a results.json")
+    rep.add_argument("results", type=Path, help="results.json or the folder holding it")
+    rep.set_defaults(func=report_cli)
+
+    exp = sub.add_parser("export", help="save one task as a standalone dense model (its weights and head)")
+    exp.add_argument("checkpoint", type=Path)
+    exp.add_argument("--task", type=int, required=True, help="task id (1-based)")
+    exp.add_argument("--out", type=Path, required=True, help="file to write")
+    exp.set_defaults(func=cmd_export)
+
     info = sub.add_parser("info", help="describe a checkpoint: tasks, ownership per layer, bytes per weight")
     info.add_argument("checkpoint", type=Path)
     info.set_defaults(func=cmd_info)
+
+    from .bench import add_bench_command
+    add_bench_command(sub)
     return parser
 
 
@@ -107,6 +146,17 @@ def cmd_info(args) -> int:
     print(f"model: {ckpt['config'].get('model')}, {n:,} packed weights; owner maps stored with "
           f"{bits} bit(s) per weight ({bits / 8:.3f} bytes; the original PackNet stores 1 byte)")
     print(ownership_table(owner, ckpt["task_names"]))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from . import checkpoint as ck
+    try:
+        path = ck.export_task_file(args.checkpoint, args.task, args.out)
+    except (ck.CheckpointError, ValueError) as err:
+        raise SystemExit(f"error: {err}")
+    print(f"wrote task {args.task} as a standalone model to {path} "
+          f"(load with packnet_edu.checkpoint.load_exported)")
     return 0
 
 

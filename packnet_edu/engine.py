@@ -59,6 +59,20 @@ def smallest_magnitude(values: torch.Tensor, k: int) -> torch.Tensor:
     return order[:k]
 
 
+def _weight_name(layer_name: str) -> str:
+    """The parameter name of a layer's weight, as module.named_parameters() says it."""
+    return f"{layer_name}.weight" if layer_name else "weight"
+
+
+def ownership_counts(owner: Dict[str, torch.Tensor]) -> Dict[str, Dict[int, int]]:
+    """Per layer: {owner id: number of weights} (0 = free), from owner maps."""
+    out = {}
+    for name, o in owner.items():
+        ids, counts = torch.unique(o, return_counts=True)
+        out[name] = {int(i): int(c) for i, c in zip(ids, counts)}
+    return out
+
+
 class _TaskMask(nn.Module):
     """A parametrization: the weight as task k sees it (read-only view)."""
 
@@ -90,7 +104,7 @@ class PackNet:
                 "PackNet found no Conv or Linear layer in the module: pass the network "
                 "trunk whose weights should be shared between tasks")
         params = dict(module.named_parameters())
-        self.weights: Dict[str, nn.Parameter] = {f"{n}.weight": m.weight for n, m in self.layers.items()}
+        self.weights: Dict[str, nn.Parameter] = {_weight_name(n): m.weight for n, m in self.layers.items()}
         # Everything else (biases, BatchNorm affine) is trained by task 1 only.
         self.shared: Dict[str, nn.Parameter] = {n: p for n, p in params.items() if n not in self.weights}
         self.owner: Dict[str, torch.Tensor] = {
@@ -209,7 +223,7 @@ class PackNet:
         registered = []
         try:
             for name, layer in self.layers.items():
-                keep = masks[f"{name}.weight"].to(layer.weight.device, layer.weight.dtype)
+                keep = masks[_weight_name(name)].to(layer.weight.device, layer.weight.dtype)
                 parametrize.register_parametrization(layer, "weight", _TaskMask(keep), unsafe=True)
                 registered.append(layer)
             yield self.module
@@ -225,11 +239,7 @@ class PackNet:
     # ------------------------------------------------------------- reporting
     def owned_counts(self) -> Dict[str, Dict[int, int]]:
         """Per layer: {task id: number of weights it owns}, 0 for free."""
-        out = {}
-        for name, owner in self.owner.items():
-            ids, counts = torch.unique(owner, return_counts=True)
-            out[name] = {int(i): int(c) for i, c in zip(ids, counts)}
-        return out
+        return ownership_counts(self.owner)
 
     # ------------------------------------------------------------ persistence
     def state_dict(self) -> dict:

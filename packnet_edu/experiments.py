@@ -53,3 +53,93 @@ def run_method_packnet_cli(cfg: Config, out: Path, resume: bool) -> int:
     print(ownership_table(result["engine"].owner, result["task_names"]))
     print(f"\nwrote {out}/checkpoint.pt and {out}/results.json in {time.time() - t0:.0f}s")
     return 0
+
+
+def compare(cfg: Config, out: Path, methods=None, sweep=(0.25, 0.5, 0.75, 0.9), verbose: bool = True) -> dict:
+    """Every method on the same tasks and budget; writes OUT/results.json,
+    OUT/matrices.csv, OUT/report.md and figures. PackNet's run is checkpointed
+    (OUT/packnet/checkpoint.pt) and its forgetting checked bit for bit."""
+    from .baselines import METHODS, run_method
+    from .metrics import average_accuracy, capacity_shares
+    from .report import comparison_markdown, matrices_csv
+    from .train import load_tasks
+    methods = list(methods or METHODS)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = load_tasks(cfg)
+    results = {"config": cfg.to_dict(), "task_names": [t.name for t in tasks], "methods": {}, "sweep": []}
+    for m in methods:
+        t0 = time.time()
+        if m == "packnet":
+            r = run_packnet_to(cfg, out / "packnet", verbose=False)
+            entry = {k: r[k] for k in ("matrix", "ratios", "outputs_identical")}
+            entry.update(shares=capacity_shares(r["owned"], len(tasks)), owned=r["owned"],
+                         mask_bits=ck.bits_for(r["engine"].num_tasks))
+        else:
+            entry = {"matrix": run_method(m, cfg, tasks)["matrix"]}
+        entry["seconds"] = time.time() - t0
+        results["methods"][m] = entry
+        if verbose:
+            print(f"{m:>16}: average accuracy {average_accuracy(entry['matrix']):6.2f}%  ({entry['seconds']:.0f}s)")
+    for ratio in sweep:
+        r = run_method("packnet", Config(**dict(cfg.to_dict(), prune=ratio)), tasks)
+        results["sweep"].append((ratio, average_accuracy(r["matrix"])))
+        if verbose:
+            print(f"  packnet prune {ratio:g}: average accuracy {results['sweep'][-1][1]:6.2f}%")
+    write_report(results, out)
+    return results
+
+
+def write_report(results: dict, out: Path) -> None:
+    """results.json, matrices.csv, figures and report.md in `out`."""
+    from .report import comparison_markdown, matrices_csv
+    out = Path(out)
+    results["figures"] = comparison_figures(results, out)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "matrices.csv").write_text(matrices_csv(results))
+    (out / "report.md").write_text(comparison_markdown(results))
+
+
+def comparison_figures(results: dict, out: Path) -> list:
+    """Accuracy-matrix heatmaps of every method and accuracy against prune ratio."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from .plots import accuracy_matrix_heatmap, accuracy_vs_ratio, save_figure
+    names = results["task_names"]
+    files = []
+    for m, r in results["methods"].items():
+        if len(r["matrix"]) > 1:
+            fig = accuracy_matrix_heatmap(r["matrix"], names, title=m)
+            save_figure(fig, out / f"matrix_{m}")
+            plt.close(fig)
+            files.append(f"matrix_{m}.png")
+    if results.get("sweep"):
+        fig = accuracy_vs_ratio([r for r, _ in results["sweep"]], [a for _, a in results["sweep"]])
+        save_figure(fig, out / "accuracy_vs_ratio")
+        plt.close(fig)
+        files.append("accuracy_vs_ratio.png")
+    return files
+
+
+def compare_cli(args) -> int:
+    from .cli import config_from_args
+    t0 = time.time()
+    results = compare(config_from_args(args), args.out, args.methods,
+                      [] if args.sweep in ("", "none") else [float(r) for r in args.sweep.split(",")])
+    print((Path(args.out) / "report.md").read_text())
+    print(f"wrote {args.out}/report.md, results.json, matrices.csv in {time.time() - t0:.0f}s")
+    return 0
+
+
+def report_cli(args) -> int:
+    path = Path(args.results)
+    if path.is_dir():
+        path = path / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise SystemExit(f"error: cannot read {path}: {err}; pass the results.json that `compare` wrote")
+    write_report(results, path.parent)
+    print((path.parent / "report.md").read_text())
+    return 0

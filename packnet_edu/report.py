@@ -1,18 +1,12 @@
 """Plain-text and markdown tables of results and ownership."""
 from __future__ import annotations
 
+import json
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
-
-def ownership_counts(owner: Dict[str, torch.Tensor]) -> Dict[str, Dict[int, int]]:
-    """Per layer: {owner id: count} (0 = free)."""
-    out = {}
-    for name, o in owner.items():
-        ids, counts = torch.unique(o, return_counts=True)
-        out[name] = {int(i): int(c) for i, c in zip(ids, counts)}
-    return out
+from .engine import ownership_counts
 
 
 def ownership_table(owner: Dict[str, torch.Tensor], task_names: Sequence[str]) -> str:
@@ -60,3 +54,85 @@ def accuracy_table(task_names: Sequence[str], matrix: List[List[Optional[float]]
     rows.append(["average", fmt(sum(m[j] for j, m in enumerate(matrix)) / len(matrix)),
                  fmt(sum(final) / len(final)), ""] + ([""] if identical is not None else []))
     return text_table(head, rows)
+
+
+# ------------------------------------------------------------ the comparison report
+# The paper's VGG-16 numbers (top-1 error %, Mallya & Lazebnik 2018, Table 2;
+# shared/DESIGN.md), shown beside ours for scale.
+PAPER_VGG16 = {
+    "tasks": ["ImageNet", "CUBS", "Stanford Cars", "Flowers"],
+    "individual": [28.42, 22.57, 13.97, 8.65],
+    "packnet": [29.33, 25.72, 18.08, 10.05],
+    "released checkpoint": [29.19, 22.56, 17.09, 11.07],
+}
+METHOD_TITLES = {"individual": "Individual networks", "finetune": "Sequential fine-tuning",
+                 "classifier_only": "Classifier only", "joint": "Joint (upper bound)",
+                 "packnet": "PackNet"}
+
+
+def comparison_markdown(results: dict) -> str:
+    """The report of `experiments.compare`: the paper's layout (task by method,
+    top-1 error %), then summaries, then the paper's numbers."""
+    from .metrics import average_accuracy, backward_transfer
+    names = results["task_names"]
+    methods = [m for m in METHOD_TITLES if m in results["methods"]]
+    final = {m: results["methods"][m]["matrix"][-1] for m in methods}
+    rows = [[f"{j + 1}. {n}"] + [fmt(100 - final[m][j]) for m in methods] for j, n in enumerate(names)]
+    rows.append(["**average**"] + [fmt(100 - average_accuracy(results["methods"][m]["matrix"])) for m in methods])
+    out = [f"# PackNet against its baselines: {' -> '.join(names)}", "",
+           f"Config: `{json.dumps(results['config'])}`", "",
+           "## Top-1 error (%) on each task's test split after the whole sequence", "",
+           markdown_table(["task"] + [METHOD_TITLES[m] for m in methods], rows), "",
+           "## Summary", ""]
+    summ = []
+    for m in methods:
+        R = results["methods"][m]["matrix"]
+        bwt = backward_transfer(R)
+        summ.append([METHOD_TITLES[m], fmt(average_accuracy(R)), "n/a (one row)" if bwt is None else fmt(bwt),
+                     f"{results['methods'][m]['seconds']:.0f}"])
+    out += [markdown_table(["method", "average accuracy (%)", "backward transfer (points)", "time (s)"], summ), ""]
+    pk = results["methods"].get("packnet")
+    if pk:
+        ident = pk["outputs_identical"]
+        out += ["## PackNet", "",
+                f"- Forgetting, checked: after the last task, every earlier task's logits on a fixed "
+                f"batch are {'bit-identical (torch.equal) to' if all(ident) else 'NOT identical to'} "
+                f"those recorded when it ended ({sum(ident)}/{len(ident)} tasks).",
+                f"- Prune ratios: {pk['ratios']}.",
+                "- Share of the packed weights each task owns: " + ", ".join(
+                    f"{n} {s:.1f}%" for n, s in zip(names, pk["shares"])) + ".",
+                f"- Owner maps stored with {pk['mask_bits']} bit(s) per weight = "
+                f"{pk['mask_bits'] / 8:.3f} bytes per weight (the original stores 1 byte).", ""]
+        if "individual" in results["methods"]:
+            gap = average_accuracy(results["methods"]["individual"]["matrix"]) - average_accuracy(pk["matrix"])
+            out += [f"- Gap to individual networks (average accuracy): {gap:.2f} points.", ""]
+    if results.get("sweep"):
+        out += ["## PackNet's average accuracy against the prune ratio", "",
+                markdown_table(["prune ratio (every task but the last)", "average accuracy (%)"],
+                               [[f"{r:g}", fmt(a)] for r, a in results["sweep"]]), ""]
+    out += ["## Accuracy matrices R[i][j] (test accuracy % on task j after training task i)", ""]
+    for m in methods:
+        R = results["methods"][m]["matrix"]
+        label = ["all tasks"] if len(R) == 1 else [f"after {i + 1}. {names[i]}" for i in range(len(R))]
+        out += [f"**{METHOD_TITLES[m]}**", "",
+                markdown_table(["", *names], [[l] + [fmt(a) for a in row] for l, row in zip(label, R)]), ""]
+    for fig in results.get("figures", []):
+        out += [f"![{fig}]({fig})", ""]
+    out += ["## For scale: the paper's VGG-16 (top-1 error %)", "",
+            markdown_table(["task", "individual networks", "PackNet (0.5, 0.75, 0.75)", "released checkpoint"],
+                           [[t, fmt(a), fmt(b), fmt(c)] for t, a, b, c in zip(
+                               PAPER_VGG16["tasks"], PAPER_VGG16["individual"], PAPER_VGG16["packnet"],
+                               PAPER_VGG16["released checkpoint"])]), ""]
+    return "\n".join(out)
+
+
+def matrices_csv(results: dict) -> str:
+    """One line per (method, after task i, on task j) with the accuracy."""
+    lines = ["method,after_task,on_task,accuracy"]
+    names = results["task_names"]
+    for m, r in results["methods"].items():
+        R = r["matrix"]
+        for i, row in enumerate(R):
+            after = "all" if len(R) == 1 else names[i]
+            lines += [f"{m},{after},{names[j]},{a:.4f}" for j, a in enumerate(row) if a is not None]
+    return "\n".join(lines) + "\n"

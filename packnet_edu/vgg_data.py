@@ -1,0 +1,545 @@
+"""The paper's image datasets: preparation from the original files, and loaders.
+
+    python -m packnet_edu data prepare cubs --src CUB_200_2011.tgz --dst DATA_ROOT
+    python -m packnet_edu data check --root DATA_ROOT
+    python -m packnet_edu run --config paper-vgg16 --data-root DATA_ROOT
+
+`prepare_<name>(src, root)` reads a dataset as it is distributed (an archive,
+or the folder it unpacks to) and writes `root/<name>/{train,val,test}/<class>/`
+image folders plus `root/<name>/classes.json`:
+
+- imagenet  ILSVRC-2012 laid out by class (train/<wnid>/, val/<wnid>/), or the
+            official archives, unpacked with torchvision.datasets.ImageNet.
+            test = the official validation set (the paper's ImageNet numbers).
+- cubs      CUB-200-2011: each image cropped to its box in bounding_boxes.txt,
+            train/test from train_test_split.txt.
+- cars      Stanford Cars (devkit .mat files, as torchvision.datasets.StanfordCars
+            reads them): each image cropped to its annotated box.
+- flowers   Flowers102 with its official train/val/test split (setid.mat);
+            `--download` fetches it with torchvision where there is internet.
+
+Model selection must never look at test data, so every dataset gets a
+validation split: Flowers102 has one; for the others a stratified fraction of
+the training images is held out, fixed by a seed.
+
+`load_image_tasks(names, root)` returns `data.Task`s with the paper's
+transforms: cropped sets (cubs, cars) resized to 224x224; the others resized
+to 256 and randomly cropped to 224 (centre crop for evaluation); random
+left-right flips for training; ImageNet normalisation.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .data import DataMissingError, Task
+
+PathLike = Union[str, Path]
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SPLITS = ("train", "val", "test")
+ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".zip")
+FORMAT_VERSION = 1
+
+
+class DatasetError(DataMissingError):
+    """A dataset folder that is missing or not in the expected format; the
+    message says what was expected and how to make it."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    title: str
+    num_classes: int        # of the real dataset (replicas may have fewer)
+    cropped: bool           # cropped to bounding boxes at prepare time; resized to 224x224
+    val_fraction: Optional[float]   # held out of train; None: the official val split
+    expected: str           # the source layout, for error messages
+
+
+DATASETS: Dict[str, DatasetInfo] = {
+    "imagenet": DatasetInfo("imagenet", "ImageNet", 1000, False, 0.01,
+                            "train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (ILSVRC-2012 laid out by class), or "
+                            "ILSVRC2012_devkit_t12.tar.gz with ILSVRC2012_img_train.tar and "
+                            "ILSVRC2012_img_val.tar (unpacked by torchvision.datasets.ImageNet)"),
+    "cubs": DatasetInfo("cubs", "CUBS", 200, True, 0.1,
+                        "CUB_200_2011/ (or CUB_200_2011.tgz) holding images/<class>/*.jpg, images.txt, "
+                        "image_class_labels.txt, classes.txt, bounding_boxes.txt, train_test_split.txt"),
+    "cars": DatasetInfo("cars", "Stanford Cars", 196, True, 0.1,
+                        "stanford_cars/ holding devkit/cars_meta.mat, devkit/cars_train_annos.mat, "
+                        "cars_test_annos_withlabels.mat, cars_train/*.jpg and cars_test/*.jpg (torchvision's "
+                        "StanfordCars layout; a folder with car_devkit.tgz, cars_train.tgz, cars_test.tgz "
+                        "and cars_test_annos_withlabels.mat also works)"),
+    "flowers": DatasetInfo("flowers", "Flowers", 102, False, None,
+                           "flowers-102/ holding jpg/image_00001.jpg..., imagelabels.mat and setid.mat "
+                           "(as torchvision.datasets.Flowers102 downloads it; 102flowers.tgz with the two "
+                           ".mat files also works)"),
+}
+NAMES = tuple(DATASETS)
+
+
+def info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}: the VGG-16 pipeline's datasets are {', '.join(NAMES)}")
+    return DATASETS[name]
+
+
+# ------------------------------------------------------------------ transforms
+def image_transforms(cropped: bool, train: bool, size: int = 224):
+    """The paper's transforms. `size` is 224 for the paper; tests use less."""
+    from torchvision import transforms as T
+    big = round(size * 256 / 224)
+    if cropped:
+        steps = [T.Resize((size, size))]
+    elif train:
+        steps = [T.Resize(big), T.RandomCrop(size)]
+    else:
+        steps = [T.Resize(big), T.CenterCrop(size)]
+    if train:
+        steps.append(T.RandomHorizontalFlip())
+    return T.Compose(steps + [T.ToTensor(), T.Normalize(MEAN, STD)])
+
+
+# ------------------------------------------------------------------ loading
+def load_image_task(name: str, root: PathLike, image_size: int = 224) -> Task:
+    """One prepared dataset (`root/name`) as a Task of ImageFolder datasets."""
+    from torchvision.datasets import ImageFolder
+    meta = read_meta(name, root)
+    folder = Path(root) / name
+    d = info(name)
+    sets = {}
+    for split in SPLITS:
+        ds = ImageFolder(folder / split, transform=image_transforms(d.cropped, split == "train", image_size),
+                         allow_empty=True)
+        if ds.classes != meta["dirs"]:
+            raise DatasetError(f"{folder / split} has class folders that differ from {folder}/classes.json "
+                               f"({len(ds.classes)} folders, {len(meta['dirs'])} listed): prepare it again "
+                               f"with `python -m packnet_edu data prepare {name} --src ... --dst {root} --force`")
+        if split == "train" and len(ds) == 0:
+            raise DatasetError(f"{folder / split} holds no images: prepare {name} again")
+        sets[split] = ds
+    return Task(name, list(meta["classes"]), sets["train"], sets["val"], sets["test"])
+
+
+def load_image_tasks(names: Sequence[str], root: PathLike, image_size: int = 224) -> List[Task]:
+    """The prepared datasets `names` under `root` (what `Config.data_root` names)."""
+    return [load_image_task(n, root, image_size) for n in names]
+
+
+def read_meta(name: str, root: PathLike) -> dict:
+    """root/name/classes.json, checked; a clear error if the dataset is not prepared."""
+    info(name)
+    folder = Path(root) / name
+    how = (f"prepare it with `python -m packnet_edu data prepare {name} --src SOURCE --dst {root}`, "
+           f"SOURCE being {DATASETS[name].expected}")
+    if not folder.is_dir():
+        raise DatasetError(f"dataset {name!r} not found: no folder {folder}; {how}")
+    try:
+        meta = json.loads((folder / "classes.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DatasetError(f"{folder} is not a prepared dataset ({folder}/classes.json unreadable: "
+                           f"{type(err).__name__}); {how}") from None
+    missing = [s for s in SPLITS if not (folder / s).is_dir()]
+    if missing or meta.get("dataset") != name or len(meta.get("classes", [])) != len(meta.get("dirs", [None])):
+        raise DatasetError(f"{folder} is incomplete or not {name!r} (missing {missing or 'nothing'}, "
+                           f"classes.json for {meta.get('dataset')!r}); {how}")
+    return meta
+
+
+def check(root: PathLike, names: Sequence[str] = NAMES) -> Dict[str, dict]:
+    """Counts of every prepared dataset under `root` (raises DatasetError for a bad one)."""
+    out = {}
+    for name in names:
+        task = load_image_task(name, root)
+        out[name] = {"classes": task.num_classes, **{s: len(getattr(task, s)) for s in SPLITS},
+                     "expected_classes": DATASETS[name].num_classes}
+    return out
+
+
+# ------------------------------------------------------------------ sources
+class _Source:
+    """Where a dataset's files are: the given folder (or the named subfolder of
+    it) and, if archives were given, what they unpack to."""
+
+    def __init__(self, src: PathLike, subdir: str, name: str, scratch: Path, unpack: bool = True):
+        self.src, self.name = Path(src), name
+        if not self.src.exists():
+            raise DatasetError(f"{name}: source {self.src} does not exist; expected {DATASETS[name].expected}")
+        roots = []
+        if self.src.is_dir():
+            roots += [self.src / subdir, self.src]
+        archives = [self.src] if self.src.is_file() else \
+            sorted(p for p in self.src.iterdir() if p.is_file() and p.name.endswith(ARCHIVE_SUFFIXES))
+        if unpack and archives and not (self.src.is_dir() and (self.src / subdir).is_dir()):
+            for a in archives:
+                try:
+                    shutil.unpack_archive(str(a), str(scratch))
+                except (shutil.ReadError, ValueError, OSError) as err:
+                    raise DatasetError(f"{name}: cannot unpack {a} ({err}); expected "
+                                       f"{DATASETS[name].expected}") from None
+            roots += [scratch / subdir, scratch]
+        self.roots = [r for r in roots if r.is_dir()]
+
+    def find(self, rel: str, kind: str = "file") -> Path:
+        for r in self.roots:
+            p = r / rel
+            if (p.is_file() if kind == "file" else p.is_dir()):
+                return p
+        raise DatasetError(f"{self.name}: {rel} not found in {self.src}; expected {DATASETS[self.name].expected}")
+
+
+def _lines(path: Path, fields: int, what: str) -> List[List[str]]:
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != fields:
+            raise DatasetError(f"{path} line {i}: expected {what} ({fields} fields), got {line!r}")
+        rows.append(parts)
+    return rows
+
+
+def _loadmat(path: Path, name: str) -> dict:
+    from scipy.io import loadmat
+    try:
+        return loadmat(str(path), squeeze_me=True)
+    except Exception as err:
+        raise DatasetError(f"{name}: {path} is not a readable MATLAB file ({type(err).__name__}: {err}); "
+                           f"expected {DATASETS[name].expected}") from None
+
+
+def _mat_field(mat: dict, key: str, path: Path, name: str):
+    if key not in mat:
+        raise DatasetError(f"{name}: {path} has no '{key}' entry (it has {sorted(k for k in mat if not k.startswith('__'))}); "
+                           f"expected {DATASETS[name].expected}")
+    return mat[key]
+
+
+def _carve_val(labels: Sequence[int], fraction: float, seed: int) -> np.ndarray:
+    """A boolean mask: the held-out validation images, per class round(fraction * n),
+    at least one where a class has two or more training images."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    val = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = min(max(int(round(fraction * len(idx))), 1 if len(idx) >= 2 else 0), len(idx) - 1)
+        val[idx[:k]] = True
+    return val
+
+
+def _slug(text: str) -> str:
+    keep = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+    return keep.strip("._")[:60] or "class"
+
+
+# An item to write: (source image, class index, crop box (x0, y0, x1, y1) or None, output file name)
+Item = Tuple[Path, int, Optional[Tuple[int, int, int, int]], str]
+
+
+def _write(item: Item, split_dir: Path, dirs: List[str], link: bool) -> None:
+    from PIL import Image
+    src, label, box, out_name = item
+    out = split_dir / dirs[label] / out_name
+    if box is None:
+        if link:
+            os.symlink(os.path.abspath(src), out)
+        else:
+            shutil.copyfile(src, out)
+        return
+    with Image.open(src) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        x0, y0, x1, y1 = max(0, box[0]), max(0, box[1]), min(w, box[2]), min(h, box[3])
+        if x1 <= x0 or y1 <= y0:
+            raise DatasetError(f"{src}: bounding box {box} lies outside the {w}x{h} image")
+        im.crop((x0, y0, x1, y1)).save(out.with_suffix(".jpg"), quality=95)
+
+
+def _write_dataset(name: str, root: PathLike, classes: List[str], dirs: List[str],
+                   splits: Dict[str, List[Item]], source: PathLike, seed: int, link: bool,
+                   workers: int, force: bool, scratch: Path) -> Path:
+    """Write root/name atomically: into a hidden folder, renamed at the end."""
+    final = Path(root) / name
+    tmp = scratch / "out"
+    for split, items in splits.items():
+        for d in dirs:
+            (tmp / split / d).mkdir(parents=True, exist_ok=True)   # every class in every split
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            list(pool.map(lambda it: _write(it, tmp / split, dirs, link), items))
+    counts = {s: len(items) for s, items in splits.items()}
+    meta = {"format": FORMAT_VERSION, "dataset": name, "classes": classes, "dirs": dirs, "counts": counts,
+            "cropped": DATASETS[name].cropped, "source": str(Path(source).resolve()), "seed": seed}
+    (tmp / "classes.json").write_text(json.dumps(meta, indent=1))
+    if final.exists():
+        if not force:
+            raise DatasetError(f"{final} already exists: pass --force (force=True) to replace it")
+        shutil.rmtree(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(tmp), str(final))
+    return final
+
+
+def _with_val(name: str, train: List[Item], val_fraction: Optional[float], seed: int) -> Tuple[List[Item], List[Item]]:
+    frac = DATASETS[name].val_fraction if val_fraction is None else val_fraction
+    held = _carve_val([it[1] for it in train], frac, seed)
+    return [it for it, v in zip(train, held) if not v], [it for it, v in zip(train, held) if v]
+
+
+def _scratch(root: PathLike):
+    Path(root).mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(prefix=".prepare-", dir=root)
+
+
+# ------------------------------------------------------------------ prepare
+def prepare_cubs(src: PathLike, root: PathLike, val_fraction: Optional[float] = None, seed: int = 0,
+                 workers: int = 4, force: bool = False) -> Path:
+    """CUB-200-2011 -> root/cubs, every image cropped to its bounding box."""
+    with _scratch(root) as scratch:
+        s = _Source(src, "CUB_200_2011", "cubs", Path(scratch) / "src")
+        paths = dict(_lines(s.find("images.txt"), 2, "'<image id> <path>'"))
+        labels = {i: int(c) for i, c in _lines(s.find("image_class_labels.txt"), 2, "'<image id> <class id>'")}
+        class_rows = _lines(s.find("classes.txt"), 2, "'<class id> <class name>'")
+        boxes = {r[0]: tuple(float(v) for v in r[1:])
+                 for r in _lines(s.find("bounding_boxes.txt"), 5, "'<image id> <x> <y> <width> <height>'")}
+        is_train = {i: f == "1" for i, f in _lines(s.find("train_test_split.txt"), 2, "'<image id> <0|1>'")}
+        images = s.find("images", "dir")
+        ids = sorted(paths, key=int)
+        for what, table in (("image_class_labels.txt", labels), ("bounding_boxes.txt", boxes),
+                            ("train_test_split.txt", is_train)):
+            missing = [i for i in ids if i not in table]
+            if missing:
+                raise DatasetError(f"cubs: {what} has no line for image ids {missing[:5]} "
+                                   f"({len(missing)} of {len(ids)}): a complete CUB_200_2011 folder is expected")
+        class_ids = [int(r[0]) for r in class_rows]
+        index = {c: k for k, c in enumerate(class_ids)}
+        classes = [r[1].split(".", 1)[-1].replace("_", " ") for r in class_rows]
+        dirs = [f"{k:04d}_{_slug(r[1])}" for k, r in enumerate(class_rows)]
+        splits: Dict[str, List[Item]] = {"train": [], "test": []}
+        for i in ids:
+            p = images / paths[i]
+            if not p.is_file():
+                raise DatasetError(f"cubs: images.txt lists {paths[i]} but {p} is missing")
+            if labels[i] not in index:
+                raise DatasetError(f"cubs: image {i} has class {labels[i]}, not in classes.txt")
+            x, y, w, h = boxes[i]
+            box = (int(round(x)), int(round(y)), int(round(x + w)), int(round(y + h)))
+            splits["train" if is_train[i] else "test"].append((p, index[labels[i]], box, Path(paths[i]).name))
+        splits["train"], splits["val"] = _with_val("cubs", splits["train"], val_fraction, seed)
+        return _write_dataset("cubs", root, classes, dirs, splits, src, seed, False, workers, force, Path(scratch))
+
+
+def _cars_items(annos, images: Path, index_of, mat: Path) -> List[Item]:
+    items = []
+    for a in np.atleast_1d(annos):
+        try:
+            x1, y1, x2, y2 = (int(a[f]) for f in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"))
+            cls, fname = int(a["class"]), str(a["fname"])
+        except (ValueError, IndexError, KeyError) as err:
+            raise DatasetError(f"cars: {mat} annotations need fields bbox_x1, bbox_y1, bbox_x2, bbox_y2, "
+                               f"class and fname ({err})") from None
+        p = images / fname
+        if not p.is_file():
+            raise DatasetError(f"cars: {mat} lists {fname} but {p} is missing")
+        # The devkit's boxes are 1-based and inclusive: pixels x1..x2.
+        items.append((p, index_of(cls), (x1 - 1, y1 - 1, x2, y2), fname))
+    return items
+
+
+def prepare_cars(src: PathLike, root: PathLike, val_fraction: Optional[float] = None, seed: int = 0,
+                 workers: int = 4, force: bool = False) -> Path:
+    """Stanford Cars -> root/cars, every image cropped to its bounding box."""
+    with _scratch(root) as scratch:
+        s = _Source(src, "stanford_cars", "cars", Path(scratch) / "src")
+        meta_path = s.find("devkit/cars_meta.mat")
+        names = [str(n) for n in np.atleast_1d(_mat_field(_loadmat(meta_path, "cars"), "class_names", meta_path, "cars"))]
+
+        def index_of(c: int) -> int:
+            if not 1 <= c <= len(names):
+                raise DatasetError(f"cars: class {c} outside 1..{len(names)} of cars_meta.mat")
+            return c - 1
+
+        splits = {}
+        for split, rel in (("train", "devkit/cars_train_annos.mat"), ("test", "cars_test_annos_withlabels.mat")):
+            try:
+                mat = s.find(rel)
+            except DatasetError:
+                if split != "test":
+                    raise
+                mat = s.find("devkit/cars_test_annos_withlabels.mat")
+            annos = _mat_field(_loadmat(mat, "cars"), "annotations", mat, "cars")
+            splits[split] = _cars_items(annos, s.find(f"cars_{split}", "dir"), index_of, mat)
+        splits["train"], splits["val"] = _with_val("cars", splits["train"], val_fraction, seed)
+        dirs = [f"{k:04d}_{_slug(n)}" for k, n in enumerate(names)]
+        return _write_dataset("cars", root, names, dirs, splits, src, seed, False, workers, force, Path(scratch))
+
+
+def prepare_flowers(src: PathLike, root: PathLike, seed: int = 0, workers: int = 4, force: bool = False,
+                    download: bool = False, link: bool = False, val_fraction: Optional[float] = None) -> Path:
+    """Flowers102 -> root/flowers with its official splits (trnid, valid, tstid).
+    `download`: fetch it into `src` with torchvision first (needs internet)."""
+    if val_fraction is not None:
+        raise DatasetError("flowers uses its official validation split (setid.mat 'valid'); "
+                           "--val-fraction does not apply")
+    if download:
+        from torchvision.datasets import Flowers102
+        for split in SPLITS:
+            Flowers102(str(src), split=split, download=True)
+    with _scratch(root) as scratch:
+        s = _Source(src, "flowers-102", "flowers", Path(scratch) / "src")
+        lp, sp = s.find("imagelabels.mat"), s.find("setid.mat")
+        labels = np.atleast_1d(_mat_field(_loadmat(lp, "flowers"), "labels", lp, "flowers")).astype(int)
+        setid = _loadmat(sp, "flowers")
+        images = s.find("jpg", "dir")
+        n = int(labels.max())
+        if n == 102:
+            from torchvision.datasets import Flowers102
+            classes = list(Flowers102.classes)
+        else:
+            classes = [f"flower {c}" for c in range(1, n + 1)]
+        splits = {}
+        for split, key in (("train", "trnid"), ("val", "valid"), ("test", "tstid")):
+            items = []
+            for i in np.atleast_1d(_mat_field(setid, key, sp, "flowers")).astype(int):
+                if not 1 <= i <= len(labels):
+                    raise DatasetError(f"flowers: setid.mat '{key}' has image id {i}, imagelabels.mat "
+                                       f"labels only {len(labels)} images")
+                p = images / f"image_{i:05d}.jpg"
+                if not p.is_file():
+                    raise DatasetError(f"flowers: setid.mat lists image {i} but {p} is missing")
+                items.append((p, int(labels[i - 1]) - 1, None, p.name))
+            splits[split] = items
+        dirs = [f"{k:04d}_{_slug(c)}" for k, c in enumerate(classes)]
+        return _write_dataset("flowers", root, classes, dirs, splits, src, seed, link, workers, force, Path(scratch))
+
+
+def _imagenet_folder(src: Path) -> Path:
+    """A folder with train/<wnid>/ and val/<wnid>/, unpacking the official
+    archives with torchvision.datasets.ImageNet where that is what `src` holds."""
+    for cand in (src, src / "imagenet", src / "ILSVRC" / "Data" / "CLS-LOC"):
+        if (cand / "train").is_dir() and (cand / "val").is_dir():
+            return cand
+    if (src / "ILSVRC2012_devkit_t12.tar.gz").is_file():
+        from torchvision.datasets import ImageNet
+        for split in ("train", "val"):
+            ImageNet(str(src), split=split)     # parses the archives into src/train, src/val
+        return src
+    raise DatasetError(f"imagenet: no train/ and val/ folders in {src}; expected {DATASETS['imagenet'].expected}")
+
+
+def prepare_imagenet(src: PathLike, root: PathLike, val_fraction: Optional[float] = None, seed: int = 0,
+                     workers: int = 8, force: bool = False, link: bool = True) -> Path:
+    """ImageNet -> root/imagenet: train minus a held-out `val_fraction` (default
+    1%), val = that held-out part, test = the official validation set. Images
+    are symlinked (`link`, the default: 140 GB need not be copied) or copied."""
+    src = Path(src)
+    if not src.is_dir():
+        raise DatasetError(f"imagenet: {src} is not a folder; expected {DATASETS['imagenet'].expected}")
+    base = _imagenet_folder(src)
+    wnids = sorted(p.name for p in (base / "train").iterdir() if p.is_dir())
+    val_wnids = sorted(p.name for p in (base / "val").iterdir() if p.is_dir())
+    if not wnids or wnids != val_wnids:
+        raise DatasetError(f"imagenet: {base}/train has {len(wnids)} class folders and {base}/val "
+                           f"{len(val_wnids)}; both must hold the same <wnid> folders (a flat val/ of "
+                           "ILSVRC2012_val_*.JPEG must first be sorted into class folders, e.g. by "
+                           "torchvision.datasets.ImageNet from the devkit)")
+    exts = (".jpeg", ".jpg", ".png")
+    splits: Dict[str, List[Item]] = {"train": [], "test": []}
+    for split, key in (("train", "train"), ("val", "test")):
+        for k, w in enumerate(wnids):
+            files = sorted(p for p in (base / split / w).iterdir() if p.suffix.lower() in exts)
+            splits[key] += [(p, k, None, p.name) for p in files]
+    if len(wnids) == 1000:
+        from torchvision.models import VGG16_Weights     # class names in index order; no download
+        classes = list(VGG16_Weights.IMAGENET1K_V1.meta["categories"])
+    else:
+        classes = list(wnids)
+    splits["train"], splits["val"] = _with_val("imagenet", splits["train"], val_fraction, seed)
+    with _scratch(root) as scratch:
+        return _write_dataset("imagenet", root, classes, wnids, splits, src, seed, link, workers, force,
+                              Path(scratch))
+
+
+PREPARE: Dict[str, Callable[..., Path]] = {"imagenet": prepare_imagenet, "cubs": prepare_cubs,
+                                           "cars": prepare_cars, "flowers": prepare_flowers}
+
+
+def prepare(name: str, src: PathLike, root: PathLike, **kwargs) -> Path:
+    info(name)
+    return PREPARE[name](src, root, **kwargs)
+
+
+# ------------------------------------------------------------------ command line
+def add_data_command(sub) -> None:
+    """`data prepare NAME --src SRC --dst ROOT` and `data check --root ROOT`."""
+    data = sub.add_parser("data", help="prepare and check the VGG-16 pipeline's datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    prep = dsub.add_parser("prepare", help="turn a dataset's original archive or folder into "
+                                            "DST/<name>/{train,val,test}/<class>/ image folders",
+                           description="\n".join(f"{n}: {d.expected}" for n, d in DATASETS.items()))
+    prep.add_argument("name", choices=NAMES)
+    prep.add_argument("--src", type=Path, required=True, help="the original archive or folder (see above)")
+    prep.add_argument("--dst", type=Path, required=True, help="the data root: writes DST/<name>/ "
+                                                              "(pass the same folder as --data-root)")
+    prep.add_argument("--val-fraction", type=float, default=None,
+                      help="share of each class's training images held out for validation "
+                           "(default: imagenet 0.01, cubs and cars 0.1; flowers has an official split)")
+    prep.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    prep.add_argument("--workers", type=int, default=4, help="threads decoding and cropping images")
+    prep.add_argument("--force", action="store_true", help="replace an existing DST/<name>")
+    prep.add_argument("--copy", action="store_true", help="imagenet: copy images instead of symlinking them")
+    prep.add_argument("--download", action="store_true",
+                      help="flowers: download into --src with torchvision first (needs internet)")
+    prep.set_defaults(func=cmd_prepare)
+    chk = dsub.add_parser("check", help="load prepared datasets and print their sizes")
+    chk.add_argument("--root", type=Path, required=True)
+    chk.add_argument("names", nargs="*", help=f"datasets to check (default: those present; any of {', '.join(NAMES)})")
+    chk.set_defaults(func=cmd_check)
+
+
+def cmd_prepare(args) -> int:
+    kwargs = {"seed": args.seed, "workers": args.workers, "force": args.force}
+    if args.name == "imagenet":
+        kwargs["link"] = not args.copy
+    if args.name == "flowers":
+        kwargs["download"] = args.download
+    elif args.download:
+        raise SystemExit(f"error: --download: torchvision cannot download {args.name}; "
+                         f"get it yourself: {DATASETS[args.name].expected}")
+    if args.val_fraction is not None:
+        kwargs["val_fraction"] = args.val_fraction
+    try:
+        out = prepare(args.name, args.src, args.dst, **kwargs)
+    except DataMissingError as err:
+        raise SystemExit(f"error: {err}")
+    meta = json.loads((out / "classes.json").read_text())
+    print(f"wrote {out}: {len(meta['classes'])} classes, " +
+          ", ".join(f"{s} {meta['counts'][s]}" for s in SPLITS) + " images")
+    return 0
+
+
+def cmd_check(args) -> int:
+    names = args.names or [n for n in NAMES if (args.root / n).exists()]
+    unknown = [n for n in names if n not in DATASETS]
+    if unknown:
+        raise SystemExit(f"error: unknown dataset(s) {unknown}: choose from {', '.join(NAMES)}")
+    if not names:
+        raise SystemExit(f"error: no prepared dataset in {args.root} (expected folders named "
+                         f"{', '.join(NAMES)}); run `python -m packnet_edu data prepare ...` first")
+    try:
+        counts = check(args.root, names)
+    except (DataMissingError, ValueError) as err:
+        raise SystemExit(f"error: {err}")
+    for name, c in counts.items():
+        note = "" if c["classes"] == c["expected_classes"] else f"  (the real dataset has {c['expected_classes']})"
+        print(f"{name:9s} {c['classes']:5d} classes  train {c['train']:8d}  val {c['val']:6d}  "
+              f"test {c['test']:6d}{note}")
+    return 0
