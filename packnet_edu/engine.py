@@ -107,8 +107,10 @@ class PackNet:
         self.weights: Dict[str, nn.Parameter] = {_weight_name(n): m.weight for n, m in self.layers.items()}
         # Everything else (biases, BatchNorm affine) is trained by task 1 only.
         self.shared: Dict[str, nn.Parameter] = {n: p for n, p in params.items() if n not in self.weights}
+        # Owner maps live on the CPU whatever the model's device (they are small,
+        # and one copy is easy to save, compare and plot).
         self.owner: Dict[str, torch.Tensor] = {
-            n: torch.zeros_like(w, dtype=torch.uint8) for n, w in self.weights.items()}
+            n: torch.zeros(w.shape, dtype=torch.uint8) for n, w in self.weights.items()}
         self.num_tasks = 0        # tasks started so far; the current one is the last
         self.training_task = 0    # id of the task being trained, 0 between tasks
         self._reference: Dict[str, torch.Tensor] = {}
@@ -154,11 +156,11 @@ class PackNet:
         with torch.no_grad():
             for name, owner in self.owner.items():
                 weight = self.weights[name]
-                mine = (owner == self.training_task).flatten().nonzero().squeeze(1)
+                mine = (owner == self.training_task).flatten().nonzero().squeeze(1).to(weight.device)
                 k = prune_count(float(ratio), mine.numel())
-                drop = mine[smallest_magnitude(weight.flatten()[mine.to(weight.device)].cpu(), k)]
-                owner.view(-1)[drop] = 0
-                weight.view(-1)[drop.to(weight.device)] = 0.0
+                drop = mine[smallest_magnitude(weight.flatten()[mine], k)]   # sorted where the weight is
+                weight.view(-1)[drop] = 0.0
+                owner.view(-1)[drop.cpu()] = 0
                 released[name] = k
         self._snapshot()
         return released

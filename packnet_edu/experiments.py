@@ -105,7 +105,9 @@ def comparison_figures(results: dict, out: Path) -> list:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from .plots import accuracy_matrix_heatmap, accuracy_vs_ratio, save_figure
+    from .metrics import average_accuracy
+    from .plots import accuracy_matrix_heatmap, save_figure, task_color
+    from .report import METHOD_TITLES
     names = results["task_names"]
     files = []
     for m, r in results["methods"].items():
@@ -115,7 +117,16 @@ def comparison_figures(results: dict, out: Path) -> list:
             plt.close(fig)
             files.append(f"matrix_{m}.png")
     if results.get("sweep"):
-        fig = accuracy_vs_ratio([r for r, _ in results["sweep"]], [a for _, a in results["sweep"]])
+        ratios, accs = zip(*results["sweep"])
+        fig, ax = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
+        ax.plot(ratios, accs, "-o", color=task_color(1), lw=2.5, ms=7, label="PackNet")
+        for m, style in (("individual", "--"), ("finetune", ":")):
+            if m in results["methods"]:
+                ax.axhline(average_accuracy(results["methods"][m]["matrix"]), ls=style, color="#555555",
+                           label=METHOD_TITLES[m])
+        ax.set(xlabel="prune ratio (every task but the last)", ylabel="average test accuracy (%)",
+               title="PackNet: average accuracy after all tasks against prune ratio")
+        ax.legend(frameon=False)
         save_figure(fig, out / "accuracy_vs_ratio")
         plt.close(fig)
         files.append("accuracy_vs_ratio.png")
