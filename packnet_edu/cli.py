@@ -121,11 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
 
     from .bench import add_bench_command
+    from .vgg_data import add_data_command
     add_bench_command(sub)
+    add_data_command(sub)
     return parser
 
 
 def cmd_run(args) -> int:
+    from . import distributed
+    if distributed.world_size() > 1:          # started by torchrun: DistributedDataParallel
+        distributed.run_to(config_from_args(args), args.out, args.resume)
+        return 0
     from .experiments import run_method_packnet_cli
     return run_method_packnet_cli(config_from_args(args), args.out, args.resume)
 

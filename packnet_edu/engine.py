@@ -196,7 +196,7 @@ class PackNet:
             if param is None:
                 self.shared[name].copy_(ref)
             else:
-                param.copy_(torch.where(self._trainable[name], param, ref))
+                torch.where(self._trainable[name], param, ref, out=param)   # in place: one pass
 
     def protect(self, optimizer: torch.optim.Optimizer):
         """Hook `optimizer` so that after each step older tasks' weights, the

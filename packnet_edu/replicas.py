@@ -72,7 +72,7 @@ def make_cubs_replica(root: PathLike, num_classes: int = 200, per_class: int = 3
             w, h = _size(rng)
             x0, y0, x1, y1 = _random_box(rng, w, h)
             rel = f"{cname}/Bird_{c}_{i:04d}.jpg"
-            _image(rng, (w, h), (x0, y0, x1, y1)).save(base / "images" / rel, quality=95)
+            _image(rng, (w, h), (x0, y0, x1, y1)).save(base / "images" / rel, quality=95, subsampling=0)
             images.append(f"{image_id} {rel}")
             labels.append(f"{image_id} {c}")
             boxes.append(f"{image_id} {x0:.1f} {y0:.1f} {x1 - x0:.1f} {y1 - y0:.1f}")
@@ -117,7 +117,7 @@ def make_cars_replica(root: PathLike, num_classes: int = 196, train_per_class: i
                 w, h = _size(rng)
                 x0, y0, x1, y1 = _random_box(rng, w, h)
                 fname = f"{n:05d}.jpg"
-                _image(rng, (w, h), (x0, y0, x1, y1)).save(base / f"cars_{split}" / fname, quality=95)
+                _image(rng, (w, h), (x0, y0, x1, y1)).save(base / f"cars_{split}" / fname, quality=95, subsampling=0)
                 records.append(dict(bbox_x1=x0 + 1, bbox_y1=y0 + 1, bbox_x2=x1, bbox_y2=y1,
                                     **{"class": c}, fname=fname))
         order = rng.permutation(len(records))     # the real files are not sorted by class

@@ -29,6 +29,8 @@ left-right flips for training; ImageNet normalisation.
 """
 from __future__ import annotations
 
+import argparse
+
 import json
 import os
 import shutil
@@ -484,7 +486,8 @@ def add_data_command(sub) -> None:
     dsub = data.add_subparsers(dest="data_command", required=True)
     prep = dsub.add_parser("prepare", help="turn a dataset's original archive or folder into "
                                             "DST/<name>/{train,val,test}/<class>/ image folders",
-                           description="\n".join(f"{n}: {d.expected}" for n, d in DATASETS.items()))
+                           description="\n\n".join(f"{n}: {d.expected}" for n, d in DATASETS.items()),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     prep.add_argument("name", choices=NAMES)
     prep.add_argument("--src", type=Path, required=True, help="the original archive or folder (see above)")
     prep.add_argument("--dst", type=Path, required=True, help="the data root: writes DST/<name>/ "

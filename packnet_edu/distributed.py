@@ -1,0 +1,292 @@
+"""PackNet across processes: `torchrun` with DistributedDataParallel.
+
+    torchrun --nproc_per_node 8 -m packnet_edu.distributed --config paper-vgg16 --data-root DATA
+
+Every rank holds the whole model and the whole ownership map. What changes
+against one process:
+
+- each global batch (`cfg.batch_size` images, the paper's 32) is split
+  between the ranks, `batch[rank::world]`, from the *same* seeded shuffle a
+  single process uses, so with equal shards the averaged gradient is the
+  single-process gradient (the paper's hyperparameters keep their meaning);
+- training steps run through DDP (gradients all-reduced, so every rank takes
+  the same step; the engine's post-step restore then keeps old tasks exact on
+  every rank);
+- evaluation is sharded and the correct counts are summed over ranks, so all
+  ranks choose the same best epoch;
+- after each prune the owner maps are checked to be identical on all ranks
+  (a checksum, all-gathered) and broadcast from rank 0.
+
+`train.run_packnet` is reused as it is: `distributed_training()` swaps in the
+distributed versions of four of its building blocks (`loader_for`,
+`train_one_epoch`, `evaluate`, and the engine class) for the duration of the
+run. On one process nothing is swapped and the run is exactly run_packnet's.
+
+BatchNorm (VGG-16-BN only) computes batch statistics per rank during task 1;
+the paper's VGG-16 has none.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+
+from . import train as T
+from .engine import PackNet, PackNetError
+
+
+# ------------------------------------------------------------------ process group
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else \
+        int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", "0"))
+
+
+def active() -> bool:
+    """True inside an initialised process group of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def init_from_env(device: str = "cpu") -> str:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR,
+    MASTER_PORT, LOCAL_RANK). Returns the device this rank should use:
+    `cuda:LOCAL_RANK` for a CUDA run (nccl), else `device` (gloo)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return device
+    cuda = device.startswith("cuda")
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return device
+
+
+# ------------------------------------------------------------------ data
+class ShardedBatchSampler(torch.utils.data.Sampler):
+    """Rank `rank`'s share, `batch[rank::world]`, of every batch of `batches`.
+    Batches smaller than `world` are dropped (a rank would get nothing)."""
+
+    def __init__(self, batches: BatchSampler, rank: int, world: int):
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def __iter__(self):
+        for b in self.batches:
+            if len(b) >= self.world:
+                yield list(b)[self.rank::self.world]
+
+    def __len__(self) -> int:   # arithmetic: iterating would advance the shuffle's generator
+        n, b = len(self.batches.sampler), self.batches.batch_size
+        return n // b + (1 if n % b >= self.world else 0)
+
+
+def sharded_loader(dataset, cfg: T.Config, train: bool, seed: int = 0) -> DataLoader:
+    """loader_for's batches, each split between the ranks (training), or a
+    strided shard of the dataset (evaluation: counts are summed afterwards)."""
+    r, w = dist.get_rank(), dist.get_world_size()
+    batch = cfg.batch_size if train else max(cfg.batch_size, 256)
+    if train:
+        order = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+        sampler = ShardedBatchSampler(BatchSampler(order, batch, drop_last=False), r, w)
+    else:
+        indices = list(range(r, len(dataset), w))
+        sampler = BatchSampler(indices, max(1, batch // w), drop_last=False)
+    if isinstance(dataset, TensorDataset):       # slice the tensors, one op per batch
+        return DataLoader(dataset, batch_size=None, sampler=sampler)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
+                      pin_memory=cfg.device.startswith("cuda"), persistent_workers=cfg.workers > 0)
+
+
+# ------------------------------------------------------------------ model and evaluation
+def wrap_ddp(model: torch.nn.Module, task: int, device: str):
+    """`model` in DDP for training head `task`: the other heads get no gradient
+    in this phase, so they are left out of DDP's gradient buckets."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    others = [p for k, h in enumerate(model.heads, start=1) if k != task for p in h.parameters()]
+    flags = [p.requires_grad for p in others]
+    for p in others:
+        p.requires_grad_(False)
+    try:
+        ids = [torch.device(device).index] if device.startswith("cuda") else None
+        return DDP(model, device_ids=ids)   # buffers (BatchNorm statistics) follow rank 0
+    finally:
+        for p, f in zip(others, flags):
+            p.requires_grad_(f)
+
+
+def _train_one_epoch(model, task, optimizer, loader, device="cpu", desc="train", amp=False):
+    ddp = wrap_ddp(model, task, device)
+    return _ORIGINAL["train_one_epoch"](ddp, task, optimizer, loader, device, desc, amp)
+
+
+@torch.no_grad()
+def _evaluate(model, task, loader, device="cpu", amp=False):
+    """Top-1 accuracy (%) over all ranks' shards (sums of counts, then one division)."""
+    model.eval()
+    counts = torch.zeros(2, dtype=torch.float64)
+    for x, y in loader:
+        with T.autocast(device, amp):
+            pred = model(x.to(device, non_blocking=True), task).argmax(1)
+        counts += torch.tensor([int((pred.cpu() == y).sum()), len(y)], dtype=torch.float64)
+    if device.startswith("cuda"):
+        counts = counts.to(device)
+    dist.all_reduce(counts)
+    correct, count = counts.tolist()
+    return 100.0 * correct / max(count, 1)
+
+
+# ------------------------------------------------------------------ ownership
+def checksum(tensors: Dict[str, torch.Tensor]) -> str:
+    """A digest of named tensors' bytes (owner maps, weights): equal iff identical."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def all_checksums(tensors: Dict[str, torch.Tensor]) -> List[str]:
+    """Every rank's checksum of `tensors` (one entry on a single process)."""
+    mine = checksum(tensors)
+    if not active():
+        return [mine]
+    out: List[Optional[str]] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, mine)
+    return out
+
+
+def broadcast_owner_maps(engine: PackNet, src: int = 0) -> None:
+    """Make every rank's owner maps rank `src`'s (then re-record what is frozen)."""
+    if not active():
+        return
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    for name in sorted(engine.owner):
+        t = engine.owner[name].to(device)
+        dist.broadcast(t, src)
+        engine.owner[name] = t.to(engine.owner[name].device)
+    engine._snapshot()
+
+
+def check_identical(engine: PackNet, what: str = "owner maps") -> None:
+    """Raise if the owner maps (and packed weights) differ between ranks."""
+    sums = all_checksums({**{f"owner/{k}": v for k, v in engine.owner.items()},
+                          **{f"weight/{k}": v for k, v in engine.weights.items()}})
+    if len(set(sums)) > 1:
+        raise PackNetError(f"{what} differ between ranks (checksums {[s[:12] for s in sums]}): the ranks "
+                           "trained on different data or weights; every rank must start from the same model")
+
+
+class DistributedPackNet(PackNet):
+    """PackNet whose prune ends with every rank holding rank 0's owner maps,
+    after checking that they were identical anyway."""
+
+    def prune(self, ratio: float):
+        released = super().prune(ratio)
+        check_identical(self, f"after prune({ratio}), the owner maps")
+        broadcast_owner_maps(self)
+        return released
+
+
+_ORIGINAL = {"train_one_epoch": T.train_one_epoch}
+
+
+@contextlib.contextmanager
+def distributed_training(build_model: Optional[Callable] = None) -> Iterator[None]:
+    """Inside, `train.run_packnet` (and `fit`) train data-parallel when a process
+    group of more than one process is initialised. `build_model(num_classes)`
+    replaces the model that `cfg.model` names (tests and fast mode use
+    `replicas.tiny_vgg16`)."""
+    swaps = {}
+    if active():
+        swaps.update(loader_for=sharded_loader, train_one_epoch=_train_one_epoch,
+                     evaluate=_evaluate, PackNet=DistributedPackNet)
+    if build_model is not None:
+        original_make = T.make_model
+
+        def make_model(cfg, num_classes):
+            torch.manual_seed(cfg.seed)
+            return build_model(num_classes).to(cfg.device)
+        make_model.__wrapped__ = original_make
+        swaps["make_model"] = make_model
+    saved = {k: getattr(T, k) for k in swaps}
+    try:
+        for k, v in swaps.items():
+            setattr(T, k, v)
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(T, k, v)
+
+
+def run_packnet_distributed(cfg: T.Config, tasks: Optional[Sequence] = None,
+                            build_model: Optional[Callable] = None, **kwargs) -> dict:
+    """train.run_packnet on every rank of the current process group (or on
+    one process, unchanged, when there is none). Joins the group torchrun
+    describes if it is not joined yet. Only rank 0 prints."""
+    device = init_from_env(cfg.device)
+    if device != cfg.device:
+        import dataclasses
+        cfg = dataclasses.replace(cfg, device=device)
+    kwargs.setdefault("verbose", rank() == 0)
+    with distributed_training(build_model):
+        result = T.run_packnet(cfg, tasks, **kwargs)
+        if active():
+            check_identical(result["engine"], "at the end of the run, owner maps or weights")
+    return result
+
+
+# ------------------------------------------------------------------ command line
+def run_to(cfg: T.Config, out, resume: bool = False) -> dict:
+    """experiments.run_packnet_to under torchrun: rank 0 writes the checkpoints
+    and results; the other ranks run the same collectives without writing."""
+    from pathlib import Path
+    from . import checkpoint as ck
+    from .experiments import run_packnet_to
+    device = init_from_env(cfg.device)
+    if device != cfg.device:
+        import dataclasses
+        cfg = dataclasses.replace(cfg, device=device)
+    with distributed_training():
+        if rank() == 0:
+            result = run_packnet_to(cfg, Path(out), resume)
+        else:
+            resume_from = None
+            if resume:
+                c = ck.load(Path(out) / "checkpoint.pt")
+                resume_from = dict(c["progress"], model=c["model"], engine=dict(c["engine"], owner=ck.owner_maps(c)))
+            result = T.run_packnet(cfg, resume_from=resume_from, verbose=False)
+        if active():
+            check_identical(result["engine"], "at the end of the run, owner maps or weights")
+    return result
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """`torchrun --nproc_per_node N -m packnet_edu.distributed [run flags]`."""
+    import argparse
+    from pathlib import Path
+    from .cli import add_config_flags, config_from_args
+    parser = argparse.ArgumentParser(prog="torchrun ... -m packnet_edu.distributed",
+                                     description="PackNet with DistributedDataParallel (one process per GPU)")
+    add_config_flags(parser)
+    parser.add_argument("--out", type=Path, default=Path("runs/packnet"))
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    if rank() != 0:
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    run_to(config_from_args(args), args.out, args.resume)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

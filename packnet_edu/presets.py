@@ -1,0 +1,72 @@
+"""Named configurations: `python -m packnet_edu run --config paper-vgg16`.
+
+The paper's experiment (Mallya & Lazebnik, CVPR 2018, Sec. 4; shared/DESIGN.md):
+ImageNet-pretrained VGG-16, task 1 = ImageNet itself (no training, its
+pretrained fc8 as head), pruned 50% and retrained 10 epochs at lr 1e-4;
+then CUBS, Stanford Cars and Flowers, each trained 20 epochs at lr 1e-3
+(x0.1 after 10), pruned 75% and retrained 10 epochs at lr 1e-4; the last task
+is not pruned. SGD with momentum 0.9, batch 32, no weight decay.
+
+Two details of how `train.run_packnet` runs this schedule:
+- the unpruned last task trains `epochs + retrain_epochs` = 30 epochs (the
+  same budget as the others; lr 1e-3, 1e-4, 1e-5 for ten each); the paper
+  trains it for 20.
+- `retrain_lr` applies to the ImageNet task too (its `lr` is unused since
+  `first_task_epochs=0`), so one lr/retrain_lr pair expresses the schedule.
+
+`paper-vgg16-bn` is the same with VGG-16-BN: BatchNorm is trained with
+ImageNet (task 1) and frozen afterwards (the engine keeps it in eval mode).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict
+
+from .train import Config
+
+PAPER_TASKS = ("imagenet", "cubs", "cars", "flowers")
+
+PAPER_VGG16 = Config(
+    tasks=PAPER_TASKS, model="vgg16", weights="imagenet",
+    prune="paper",               # 0.5, 0.75, 0.75, last task not pruned
+    first_task_epochs=0, epochs=20, lr=1e-3, lr_step=10,
+    retrain_epochs=10, retrain_lr=1e-4,
+    momentum=0.9, weight_decay=0.0, batch_size=32, max_train=None,
+    device="cuda", amp=True, workers=8, data_root="data/paper",
+)
+
+PRESETS: Dict[str, Config] = {
+    "paper-vgg16": PAPER_VGG16,
+    "paper-vgg16-bn": dataclasses.replace(PAPER_VGG16, model="vgg16_bn"),
+}
+
+# The paper's Table (top-1 error %, VGG-16), to print beside a run's numbers.
+PAPER_ERRORS = {
+    "tasks": ["ImageNet", "CUBS", "Stanford Cars", "Flowers"],
+    "individual networks": [28.42, 22.57, 13.97, 8.65],
+    "PackNet (0.5, 0.75, 0.75)": [29.33, 25.72, 18.08, 10.05],
+    "released checkpoint": [29.19, 22.56, 17.09, 11.07],
+}
+
+
+def preset(name: str, **overrides) -> Config:
+    """A copy of preset `name` with `overrides` (Config fields) applied."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+
+def paper_table(final_accuracy=None, task_names=None) -> str:
+    """The paper's table (top-1 error %) with a column for this run's PackNet
+    errors (100 - final test accuracy of each task), as markdown."""
+    from .report import markdown_table
+    head = ["task"] + [k for k in PAPER_ERRORS if k != "tasks"]
+    if final_accuracy is not None:
+        head.append("this run (PackNet)")
+    rows = []
+    for j, title in enumerate(PAPER_ERRORS["tasks"]):
+        row = [title] + [f"{PAPER_ERRORS[k][j]:.2f}" for k in head[1:4]]
+        if final_accuracy is not None:
+            row.append(f"{100 - final_accuracy[j]:.2f}" if j < len(final_accuracy) else "-")
+        rows.append(row)
+    return markdown_table(head, rows)

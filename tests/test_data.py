@@ -1,0 +1,87 @@
+"""The offline task sequence: real data, fixed splits, clear errors."""
+import numpy as np
+import pytest
+import torch
+
+from packnet_edu import data
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return {t.name: t for t in data.offline_sequence(seed=0, max_train=3000)}
+
+
+def test_four_tasks_with_expected_sizes(tasks):
+    assert list(tasks) == ["fashion", "mnist", "animals", "digits"]
+    sizes = {n: (len(t.train), len(t.val), len(t.test)) for n, t in tasks.items()}
+    assert sizes["fashion"] == (3000, 5000, 10000)           # official test split kept
+    assert sizes["mnist"] == (3000, 500, 1000)
+    assert sizes["animals"] == (3000, 974, 1941)           # 9,716 unique images, 70/10/20 per class
+    assert sizes["digits"] == (1258, 180, 359)
+    for t in tasks.values():
+        x, y = t.train.tensors
+        assert x.shape[1:] == (1, 28, 28) and x.dtype == torch.float32
+        assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+        assert t.num_classes == 10 and set(y.tolist()) == set(range(10))
+
+
+def test_splits_are_disjoint_stratified_and_seeded():
+    labels = np.repeat(np.arange(5), [100, 40, 60, 80, 20])
+    parts = data.stratified_split(labels, (0.7, 0.1, 0.2), seed=3)
+    allidx = np.concatenate(parts)
+    assert len(allidx) == len(labels) == len(set(allidx.tolist()))
+    for c, n in zip(range(5), [100, 40, 60, 80, 20]):
+        assert [int((labels[p] == c).sum()) for p in parts] == [round(0.7 * n), round(0.8 * n) - round(0.7 * n),
+                                                                n - round(0.8 * n)]
+    again = data.stratified_split(labels, (0.7, 0.1, 0.2), seed=3)
+    other = data.stratified_split(labels, (0.7, 0.1, 0.2), seed=4)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(parts, other))
+
+
+def test_no_image_in_two_splits(tasks):
+    for t in (tasks["mnist"], tasks["animals"]):
+        seen = {bytes(x.numpy().tobytes()) for x in t.train.tensors[0]}
+        assert not any(bytes(x.numpy().tobytes()) in seen for x in t.test.tensors[0][:300])
+
+
+def test_missing_fashion_mnist_says_how_to_get_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(data, "FASHION_DIRS", [tmp_path / "none"])
+    monkeypatch.setattr(data, "DATA_DIR", tmp_path)
+    monkeypatch.delenv("PACKNET_FASHION_MNIST", raising=False)
+    import torchvision.datasets
+
+    class Offline:
+        def __init__(self, *a, **k):
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", Offline)
+    with pytest.raises(data.DataMissingError, match="apt-get install dataset-fashion-mnist"):
+        data.load_fashion_mnist()
+
+
+def test_fashion_mnist_from_a_folder_given_by_environment(monkeypatch, tmp_path):
+    import gzip
+    images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    labels = np.array([3, 7], dtype=np.uint8)
+    for split in ("train", "t10k"):
+        with gzip.open(tmp_path / f"{split}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(bytes([0, 0, 8, 3]) + (2).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + images.tobytes())
+        with gzip.open(tmp_path / f"{split}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(bytes([0, 0, 8, 1]) + (2).to_bytes(4, "big") + labels.tobytes())
+    monkeypatch.setenv("PACKNET_FASHION_MNIST", str(tmp_path))
+    monkeypatch.setattr(data, "FASHION_DIRS", [])
+    xtr, ytr, xte, yte = data.load_fashion_mnist()
+    assert np.array_equal(xtr, images) and ytr.tolist() == [3, 7] and ytr.dtype == np.int64
+
+
+def test_unknown_task():
+    with pytest.raises(ValueError, match="offline tasks are fashion, mnist, animals, digits"):
+        data.load_task("cifar")
+
+
+def test_loader_batches_in_a_seeded_order(tasks):
+    ds = tasks["digits"].train
+    a = [y for _, y in data.make_loader(ds, 100, shuffle=True, seed=1)]
+    b = [y for _, y in data.make_loader(ds, 100, shuffle=True, seed=1)]
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert sum(len(y) for y in a) == len(ds)

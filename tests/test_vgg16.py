@@ -1,0 +1,131 @@
+"""VGG-16 as the paper packs it: layout, weights from a local file, BatchNorm
+frozen after task 1, and old tasks bit-identical after a PackNet sequence."""
+import pytest
+import torch
+import torchvision
+
+from packnet_edu.engine import PackNet
+from packnet_edu.models import build_model, vgg16
+
+from replicas import tiny_vgg16
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """Random torchvision VGG-16 and VGG-16-BN state dicts saved as files (the
+    offline stand-in for the ImageNet weights)."""
+    d = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(1)
+    out = {}
+    for name, builder in (("vgg16", torchvision.models.vgg16), ("vgg16_bn", torchvision.models.vgg16_bn)):
+        state = builder().state_dict()
+        out[name] = (d / f"{name}.pth", state)
+        torch.save(state, out[name][0])
+    return out
+
+
+def test_layout_and_local_weights(saved):
+    path, state = saved["vgg16"]
+    model = vgg16([1000, 200, 196, 102], weights=path)
+    assert list(dict(model.trunk.named_children())) == ["features", "avgpool", "flatten", "fc"]
+    engine = PackNet(model.trunk)
+    convs = [n for n in engine.weights if n.startswith("features.")]
+    assert len(convs) == 13 and [n for n in engine.weights if n.startswith("fc.")] == ["fc.0.weight", "fc.3.weight"]
+    assert engine.weights["fc.0.weight"].shape == (4096, 25088)           # fc6 and fc7 are packed
+    assert not any(h.weight is w for h in model.heads for w in engine.weights.values())   # heads are not
+    assert model.num_classes == [1000, 200, 196, 102]
+    # the loaded weights, and fc8 as task 1's head (task 1 is ImageNet)
+    assert torch.equal(model.trunk.features[0].weight, state["features.0.weight"])
+    assert torch.equal(model.trunk.fc[3].weight, state["classifier.3.weight"])
+    assert torch.equal(model.heads[0].weight, state["classifier.6.weight"])
+    with torch.no_grad():     # any input size: avgpool is adaptive; 32x32 keeps the CPU test cheap
+        assert model(torch.randn(2, 3, 32, 32), 3).shape == (2, 196)
+    assert isinstance(build_model("vgg16", [5], weights=path).heads[0], torch.nn.Linear)
+
+
+def test_batchnorm_weights_file(saved):
+    path, state = saved["vgg16_bn"]
+    model = vgg16([1000, 10], weights=path, batch_norm=True)
+    bns = [m for m in model.trunk.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 13
+    assert torch.equal(bns[0].running_mean, state["features.1.running_mean"])
+    engine = PackNet(model.trunk)
+    assert sum(len(m._forward_pre_hooks) for m in bns) == 13            # the engine freezes them after task 1
+    assert "features.1.weight" in engine.shared                         # BN affine belongs to task 1
+
+
+def test_wrong_weights_file_is_a_clear_error(saved, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found: pass a state dict"):
+        vgg16([10], weights=tmp_path / "missing.pth")
+    bad = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, bad)
+    with pytest.raises(ValueError, match="is not a torchvision VGG-16 state dict"):
+        vgg16([10], weights=bad)
+    with pytest.raises(ValueError, match="is not a torchvision VGG-16-BN state dict"):
+        vgg16([10], weights=saved["vgg16"][0], batch_norm=True)
+
+
+def _step(model, opt, task, x, y):
+    model.train()
+    loss = torch.nn.functional.cross_entropy(model(x, task), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_packnet_sequence_keeps_task1_bit_identical(batch_norm):
+    """VGG-16's layout (narrow, so the CPU runs it quickly): task 1 trains, is
+    pruned 50% and retrained; task 2 trains with momentum and weight decay in
+    train mode; task 1's outputs and BatchNorm statistics do not change."""
+    torch.manual_seed(0)
+    model = tiny_vgg16([5, 3], batch_norm=batch_norm)
+    engine = PackNet(model.trunk)
+    x, y1, y2 = torch.randn(8, 3, 32, 32), torch.randint(0, 5, (8,)), torch.randint(0, 3, (8,))
+    engine.start_task()
+    opt = torch.optim.SGD(list(model.trunk.parameters()) + list(model.heads[0].parameters()), lr=0.05, momentum=0.9)
+    engine.protect(opt)
+    bn = [m for m in model.trunk.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [m.running_mean.clone() for m in bn]
+    _step(model, opt, 1, x, y1)
+    assert all(not torch.equal(b, m.running_mean) for b, m in zip(before, bn))   # task 1 trains BN
+    engine.prune(0.5)
+    _step(model, opt, 1, x, y1)
+    engine.end_task()
+    model.eval()
+    with torch.no_grad(), engine.task_view(1):
+        ref = model(x, 1)
+    stats = [(m.running_mean.clone(), m.running_var.clone()) for m in bn]
+    engine.start_task()
+    opt = torch.optim.SGD(list(model.trunk.parameters()) + list(model.heads[1].parameters()), lr=0.05,
+                          momentum=0.9, weight_decay=5e-4)
+    engine.protect(opt)
+    for _ in range(3):
+        _step(model, opt, 2, x, y2)
+    assert all(torch.equal(a, m.running_mean) and torch.equal(v, m.running_var) for (a, v), m in zip(stats, bn))
+    model.eval()
+    with torch.no_grad(), engine.task_view(1):
+        assert torch.equal(model(x, 1), ref)
+    counts = engine.owned_counts()
+    assert all(set(c) == {1, 2} for c in counts.values())
+
+
+def test_benchmark_smoke_on_cpu(tmp_path):
+    """benchmarks/bench_gpu.py end to end on the CPU (tiny model and sizes):
+    both kinds of step timed, the ratio, TFLOP/s and JSON written; task 1's
+    weights exact after a protected step."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_gpu.py"
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(script), "--device", "cpu", "--model", "tiny", "--image-size", "32",
+                           "--batch-size", "4", "--steps", "1", "--trials", "2", "--warmup", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "ratio protected/plain" in proc.stdout and "images/s" in proc.stdout
+    r = json.loads(out.read_text())
+    assert r["task1_weights_exact_after_protected_step"] is True
+    assert set(r["images_per_s"]) == {"plain", "protected"} and r["ratio_protected_over_plain"] > 0
+    assert r["device_name"] and r["torch"] == torch.__version__
