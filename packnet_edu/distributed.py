@@ -17,21 +17,20 @@ against one process:
 - after each prune the owner maps are checked to be identical on all ranks
   (a checksum, all-gathered) and broadcast from rank 0.
 
-`train.run_packnet` is reused as it is: `distributed_training()` swaps in the
-distributed versions of four of its building blocks (`loader_for`,
-`train_one_epoch`, `evaluate`, and the engine class) for the duration of the
-run. On one process nothing is swapped and the run is exactly run_packnet's.
+`train.run_packnet` is reused as it is, with a `train.Runtime` of distributed
+building blocks (`loader_for`, `train_one_epoch`, `evaluate`, the engine
+class). On one process the runtime is the local one and the run is exactly
+run_packnet's.
 
 BatchNorm (VGG-16-BN only) computes batch statistics per rank during task 1;
 the paper's VGG-16 has none.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import sys
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -125,7 +124,7 @@ def wrap_ddp(model: torch.nn.Module, task: int, device: str):
 
 def _train_one_epoch(model, task, optimizer, loader, device="cpu", desc="train", amp=False):
     ddp = wrap_ddp(model, task, device)
-    return _ORIGINAL["train_one_epoch"](ddp, task, optimizer, loader, device, desc, amp)
+    return T.train_one_epoch(ddp, task, optimizer, loader, device, desc, amp)
 
 
 @torch.no_grad()
@@ -196,35 +195,28 @@ class DistributedPackNet(PackNet):
         return released
 
 
-_ORIGINAL = {"train_one_epoch": T.train_one_epoch}
-
-
-@contextlib.contextmanager
-def distributed_training(build_model: Optional[Callable] = None) -> Iterator[None]:
-    """Inside, `train.run_packnet` (and `fit`) train data-parallel when a process
-    group of more than one process is initialised. `build_model(num_classes)`
-    replaces the model that `cfg.model` names (tests and fast mode use
-    `replicas.tiny_vgg16`)."""
-    swaps = {}
+def distributed_runtime(build_model: Optional[Callable] = None) -> T.Runtime:
+    """run_packnet's building blocks for this process: data-parallel ones when a
+    process group of more than one process is initialised, the local ones
+    otherwise. `build_model(num_classes)` replaces the model that `cfg.model`
+    names (tests and fast mode use `replicas.tiny_vgg16`)."""
+    parts = {}
     if active():
-        swaps.update(loader_for=sharded_loader, train_one_epoch=_train_one_epoch,
-                     evaluate=_evaluate, PackNet=DistributedPackNet)
+        parts.update(loader_for=sharded_loader, train_one_epoch=_train_one_epoch,
+                     evaluate=_evaluate, engine_class=DistributedPackNet)
     if build_model is not None:
-        original_make = T.make_model
-
         def make_model(cfg, num_classes):
             torch.manual_seed(cfg.seed)
             return build_model(num_classes).to(cfg.device)
-        make_model.__wrapped__ = original_make
-        swaps["make_model"] = make_model
-    saved = {k: getattr(T, k) for k in swaps}
-    try:
-        for k, v in swaps.items():
-            setattr(T, k, v)
-        yield
-    finally:
-        for k, v in saved.items():
-            setattr(T, k, v)
+        parts["make_model"] = make_model
+    return T.Runtime(**parts)
+
+
+def _on_this_rank(cfg: T.Config) -> T.Config:
+    """Join the process group torchrun describes; this rank's device in cfg."""
+    import dataclasses
+    device = init_from_env(cfg.device)
+    return cfg if device == cfg.device else dataclasses.replace(cfg, device=device)
 
 
 def run_packnet_distributed(cfg: T.Config, tasks: Optional[Sequence] = None,
@@ -232,40 +224,24 @@ def run_packnet_distributed(cfg: T.Config, tasks: Optional[Sequence] = None,
     """train.run_packnet on every rank of the current process group (or on
     one process, unchanged, when there is none). Joins the group torchrun
     describes if it is not joined yet. Only rank 0 prints."""
-    device = init_from_env(cfg.device)
-    if device != cfg.device:
-        import dataclasses
-        cfg = dataclasses.replace(cfg, device=device)
+    cfg = _on_this_rank(cfg)
     kwargs.setdefault("verbose", rank() == 0)
-    with distributed_training(build_model):
-        result = T.run_packnet(cfg, tasks, **kwargs)
-        if active():
-            check_identical(result["engine"], "at the end of the run, owner maps or weights")
+    result = T.run_packnet(cfg, tasks, runtime=distributed_runtime(build_model), **kwargs)
+    if active():
+        check_identical(result["engine"], "at the end of the run, owner maps or weights")
     return result
 
 
 # ------------------------------------------------------------------ command line
 def run_to(cfg: T.Config, out, resume: bool = False) -> dict:
-    """experiments.run_packnet_to under torchrun: rank 0 writes the checkpoints
-    and results; the other ranks run the same collectives without writing."""
+    """experiments.run_packnet_to under torchrun: every rank trains and reads
+    the checkpoint to resume; only rank 0 writes checkpoints and results."""
     from pathlib import Path
-    from . import checkpoint as ck
     from .experiments import run_packnet_to
-    device = init_from_env(cfg.device)
-    if device != cfg.device:
-        import dataclasses
-        cfg = dataclasses.replace(cfg, device=device)
-    with distributed_training():
-        if rank() == 0:
-            result = run_packnet_to(cfg, Path(out), resume)
-        else:
-            resume_from = None
-            if resume:
-                c = ck.load(Path(out) / "checkpoint.pt")
-                resume_from = dict(c["progress"], model=c["model"], engine=dict(c["engine"], owner=ck.owner_maps(c)))
-            result = T.run_packnet(cfg, resume_from=resume_from, verbose=False)
-        if active():
-            check_identical(result["engine"], "at the end of the run, owner maps or weights")
+    cfg = _on_this_rank(cfg)
+    result = run_packnet_to(cfg, Path(out), resume, runtime=distributed_runtime(), write=rank() == 0)
+    if active():
+        check_identical(result["engine"], "at the end of the run, owner maps or weights")
     return result
 
 

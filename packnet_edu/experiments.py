@@ -8,12 +8,14 @@ from typing import Optional
 
 from . import checkpoint as ck
 from .report import accuracy_table, ownership_table
-from .train import Config, run_packnet
+from .train import LOCAL, Config, Runtime, run_packnet
 
 
-def run_packnet_to(cfg: Config, out: Path, resume: bool = False, verbose: bool = True) -> dict:
+def run_packnet_to(cfg: Config, out: Path, resume: bool = False, verbose: bool = True,
+                   runtime: Runtime = LOCAL, write: bool = True) -> dict:
     """run_packnet with a checkpoint after every phase (OUT/checkpoint.pt, atomic)
-    and results in OUT/results.json. With `resume`, continues from the checkpoint."""
+    and results in OUT/results.json. With `resume`, continues from the checkpoint.
+    `write=False` (the other ranks of a distributed run) reads but never writes."""
     out = Path(out)
     path = out / "checkpoint.pt"
     resume_from = None
@@ -33,7 +35,10 @@ def run_packnet_to(cfg: Config, out: Path, resume: bool = False, verbose: bool =
     def save_phase(progress: dict, model, engine, task_names) -> None:
         ck.save(ck.make_checkpoint(model, engine, cfg.to_dict(), task_names, progress), path)
 
-    result = run_packnet(cfg, on_phase_end=save_phase, resume_from=resume_from, verbose=verbose)
+    result = run_packnet(cfg, on_phase_end=save_phase if write else None, resume_from=resume_from,
+                         verbose=verbose and write, runtime=runtime)
+    if not write:
+        return result
     final = ck.make_checkpoint(result["model"], result["engine"], cfg.to_dict(), result["task_names"])
     ck.save(final, path)
     summary = {k: result[k] for k in ("config", "task_names", "ratios", "matrix", "val",

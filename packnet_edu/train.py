@@ -121,12 +121,13 @@ def evaluate(model: MultiHeadNet, task: int, loader, device: str = "cpu", amp: b
 
 
 def evaluate_task(model: MultiHeadNet, engine: Optional[PackNet], task: int, loader,
-                  device: str = "cpu", amp: bool = False) -> float:
+                  device: str = "cpu", amp: bool = False, rt: Optional["Runtime"] = None) -> float:
     """Accuracy of task `task` as PackNet infers it: weights of tasks 1..task only."""
+    ev = (rt or LOCAL).evaluate
     if engine is None:
-        return evaluate(model, task, loader, device, amp)
+        return ev(model, task, loader, device, amp)
     with engine.task_view(task):
-        return evaluate(model, task, loader, device, amp)
+        return ev(model, task, loader, device, amp)
 
 
 def loader_for(dataset, cfg: "Config", train: bool, seed: int = 0):
@@ -150,22 +151,24 @@ def trainable_parameters(model: MultiHeadNet, task: int) -> List[nn.Parameter]:
 
 
 def fit(model: MultiHeadNet, task: int, data: Task, cfg: Config, epochs: int, lr: float,
-        params: List[nn.Parameter], engine: Optional[PackNet] = None, desc: str = "") -> Dict:
+        params: List[nn.Parameter], engine: Optional[PackNet] = None, desc: str = "",
+        rt: Optional["Runtime"] = None) -> Dict:
     """Train one phase with a fresh SGD optimizer; keep the epoch with the best
     validation accuracy. Returns {"val": best accuracy, "epoch": its index, "loss": [...]}."""
     optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if engine is not None:
         engine.protect(optimizer)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step or max(epochs, 1), 0.1)
-    val_loader = loader_for(data.val, cfg, train=False)
-    best = {"val": evaluate_task(model, engine, task, val_loader, cfg.device, cfg.amp), "epoch": 0,
+    rt = rt or LOCAL
+    val_loader = rt.loader_for(data.val, cfg, train=False)
+    best = {"val": evaluate_task(model, engine, task, val_loader, cfg.device, cfg.amp, rt), "epoch": 0,
             "state": copy.deepcopy(model.state_dict()), "loss": []}
     for epoch in range(1, epochs + 1):
-        loader = loader_for(data.train, cfg, train=True, seed=cfg.seed * 1000 + task * 10 + epoch)
-        best["loss"].append(train_one_epoch(model, task, optimizer, loader, cfg.device,
+        loader = rt.loader_for(data.train, cfg, train=True, seed=cfg.seed * 1000 + task * 10 + epoch)
+        best["loss"].append(rt.train_one_epoch(model, task, optimizer, loader, cfg.device,
                                             desc=f"{desc} epoch {epoch}/{epochs}", amp=cfg.amp))
         scheduler.step()
-        acc = evaluate_task(model, engine, task, val_loader, cfg.device, cfg.amp)
+        acc = evaluate_task(model, engine, task, val_loader, cfg.device, cfg.amp, rt)
         if acc > best["val"]:
             best.update(val=acc, epoch=epoch, state=copy.deepcopy(model.state_dict()))
     model.load_state_dict(best.pop("state"))
@@ -189,24 +192,43 @@ def make_model(cfg: Config, num_classes: Sequence[int]) -> MultiHeadNet:
     return build_model(cfg.model, num_classes, **kwargs).to(cfg.device)
 
 
-def accuracy_row(model, engine, tasks: Sequence[Task], upto: int, cfg: Config) -> List[Optional[float]]:
+def accuracy_row(model, engine, tasks: Sequence[Task], upto: int, cfg: Config,
+                 rt: Optional["Runtime"] = None) -> List[Optional[float]]:
     """Test accuracy on tasks 1..upto (None for tasks not yet seen)."""
-    return [evaluate_task(model, engine, j, loader_for(t.test, cfg, train=False), cfg.device, cfg.amp)
+    rt = rt or LOCAL
+    return [evaluate_task(model, engine, j, rt.loader_for(t.test, cfg, train=False), cfg.device, cfg.amp, rt)
             if j <= upto else None for j, t in enumerate(tasks, start=1)]
 
 
-def probe_outputs(model, engine, task: int, data: Task, cfg: Config) -> torch.Tensor:
+def probe_outputs(model, engine, task: int, data: Task, cfg: Config,
+                  rt: Optional["Runtime"] = None) -> torch.Tensor:
     """Task `task`'s logits on a fixed batch of its validation images: compared
     with torch.equal after later tasks to *check* that nothing was forgotten."""
-    x = next(iter(loader_for(data.val, cfg, train=False)))[0][:256].to(cfg.device)
+    x = next(iter((rt or LOCAL).loader_for(data.val, cfg, train=False)))[0][:256].to(cfg.device)
     model.eval()
     with torch.no_grad(), engine.task_view(task):
         return model(x, task).cpu()
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """The building blocks run_packnet trains with. The default runs in one
+    process; distributed.py supplies data-parallel versions (sharded loaders,
+    DDP training, evaluation summed over ranks, owner maps checked across ranks)."""
+    loader_for: Callable = loader_for
+    train_one_epoch: Callable = train_one_epoch
+    evaluate: Callable = evaluate
+    engine_class: type = PackNet
+    make_model: Callable = make_model
+
+
+LOCAL = Runtime()
+
+
 def run_packnet(cfg: Config, tasks: Optional[Sequence[Task]] = None,
                 on_phase_end: Optional[Callable[[dict], None]] = None,
-                resume_from: Optional[dict] = None, verbose: bool = True) -> dict:
+                resume_from: Optional[dict] = None, verbose: bool = True,
+                runtime: Runtime = LOCAL) -> dict:
     """Train PackNet on `tasks` (default: the offline sequence of `cfg.tasks`).
 
     For each task t: start_task, train `epochs`, prune(ratio_t) and retrain
@@ -223,8 +245,9 @@ def run_packnet(cfg: Config, tasks: Optional[Sequence[Task]] = None,
     t0 = time.time()
     tasks = list(tasks) if tasks is not None else load_tasks(cfg)
     ratios = prune_schedule(cfg.prune, len(tasks))
-    model = make_model(cfg, [t.num_classes for t in tasks])
-    engine = PackNet(model.trunk)
+    rt = runtime
+    model = rt.make_model(cfg, [t.num_classes for t in tasks])
+    engine = rt.engine_class(model.trunk)
     state = {"phase": None, "task": 0, "matrix": [], "val": [], "probes": []}
     if resume_from is not None:
         model.load_state_dict(resume_from["model"])
@@ -247,25 +270,26 @@ def run_packnet(cfg: Config, tasks: Optional[Sequence[Task]] = None,
             epochs = cfg.epochs if t > 1 or cfg.first_task_epochs is None else cfg.first_task_epochs
             if ratios[t - 1] == 0:       # not pruned: the retraining epochs go to training
                 epochs += cfg.retrain_epochs
-            fit_info = fit(model, t, data, cfg, epochs, cfg.lr, params, engine, desc=f"{name} train")
+            fit_info = fit(model, t, data, cfg, epochs, cfg.lr, params, engine, desc=f"{name} train", rt=rt)
             state["val"].append({"train": fit_info["val"]})
             phase_done("train", t)
         torch.manual_seed(cfg.seed * 1000 + t + 500)
         if ratios[t - 1] > 0:
             engine.prune(ratios[t - 1])
-            pruned_val = evaluate_task(model, engine, t, loader_for(data.val, cfg, train=False), cfg.device, cfg.amp)
+            pruned_val = evaluate_task(model, engine, t, rt.loader_for(data.val, cfg, train=False),
+                                       cfg.device, cfg.amp, rt)
             fit_info = fit(model, t, data, cfg, cfg.retrain_epochs, cfg.retrain_lr, params, engine,
-                           desc=f"{name} retrain")
+                           desc=f"{name} retrain", rt=rt)
             state["val"][-1].update(pruned=pruned_val, retrained=fit_info["val"])
         engine.end_task()
-        state["probes"].append(probe_outputs(model, engine, t, data, cfg))
-        state["matrix"].append(accuracy_row(model, engine, tasks, t, cfg))
+        state["probes"].append(probe_outputs(model, engine, t, data, cfg, rt))
+        state["matrix"].append(accuracy_row(model, engine, tasks, t, cfg, rt))
         if verbose:
             accs = ", ".join(f"{x.name} {a:.2f}" for x, a in zip(tasks, state["matrix"][-1]) if a is not None)
             tqdm.write(f"[{time.time() - t0:6.1f}s] {name} done (prune {ratios[t - 1]:.3g}): test accuracy {accs}")
         phase_done("end", t)
 
-    identical = [torch.equal(p, probe_outputs(model, engine, k, tasks[k - 1], cfg))
+    identical = [torch.equal(p, probe_outputs(model, engine, k, tasks[k - 1], cfg, rt))
                  for k, p in enumerate(state["probes"], start=1)]
     return {"config": cfg.to_dict(), "task_names": [t.name for t in tasks], "ratios": ratios,
             "matrix": state["matrix"], "val": state["val"], "outputs_identical": identical,
