@@ -196,6 +196,16 @@ def offline_sequence(names: Sequence[str] = TASK_NAMES, seed: int = 0,
     return [load_task(n, seed=seed, max_train=max_train) for n in names]
 
 
+def as_rgb(task: Task, size: int = 32) -> Task:
+    """The task for a network made for RGB photos (VGG-16): grayscale repeated
+    into 3 channels and resized to `size` (VGG-16's five poolings need >= 32)."""
+    def convert(ds: TensorDataset) -> TensorDataset:
+        x, y = ds.tensors
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        return TensorDataset(x.expand(-1, 3, -1, -1).contiguous(), y)
+    return Task(task.name, task.classes, convert(task.train), convert(task.val), convert(task.test))
+
+
 def make_loader(dataset: TensorDataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
     """Batches straight from in-memory tensors (one indexing op per batch, not
     one per sample); the shuffle order is fixed by `seed` for reproducible runs."""

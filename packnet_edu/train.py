@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import TASK_NAMES, Task, make_loader, offline_sequence
+from .data import TASK_NAMES, Task, as_rgb, make_loader, offline_sequence
 from .engine import PackNet
 from .models import MultiHeadNet, build_model
 
@@ -177,12 +177,15 @@ def fit(model: MultiHeadNet, task: int, data: Task, cfg: Config, epochs: int, lr
 
 # ------------------------------------------------------------ PackNet
 def load_tasks(cfg: Config) -> List[Task]:
-    """The tasks `cfg.tasks` names: the offline sequence's, or (with
-    `cfg.data_root`) the paper's image datasets from vgg_data."""
+    """The tasks `cfg.tasks` names: the offline sequence's (as 3x32x32 images
+    for VGG-16), or (with `cfg.data_root`) the paper's image datasets from vgg_data."""
     if cfg.data_root is not None:
         from .vgg_data import load_image_tasks
         return load_image_tasks(cfg.tasks, cfg.data_root)
-    return offline_sequence(cfg.tasks, seed=cfg.seed, max_train=cfg.max_train)
+    tasks = offline_sequence(cfg.tasks, seed=cfg.seed, max_train=cfg.max_train)
+    if cfg.model.startswith("vgg16"):          # the offline sequence on VGG-16 (a GPU run)
+        tasks = [as_rgb(t) for t in tasks]
+    return tasks
 
 
 def make_model(cfg: Config, num_classes: Sequence[int]) -> MultiHeadNet:

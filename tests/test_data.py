@@ -85,3 +85,15 @@ def test_loader_batches_in_a_seeded_order(tasks):
     b = [y for _, y in data.make_loader(ds, 100, shuffle=True, seed=1)]
     assert all(torch.equal(u, v) for u, v in zip(a, b))
     assert sum(len(y) for y in a) == len(ds)
+
+
+def test_offline_tasks_for_vgg16_are_rgb_and_large_enough():
+    from packnet_edu.train import Config, load_tasks
+    from packnet_edu.models import vgg16
+    tasks = load_tasks(Config(model="vgg16", tasks=("digits",), max_train=50))
+    x, y = tasks[0].train.tensors
+    assert x.shape == (50, 3, 32, 32) and torch.equal(x[:, 0], x[:, 2])
+    model = vgg16([10])
+    model.eval()
+    with torch.no_grad():
+        assert model(x[:2], 1).shape == (2, 10)
