@@ -40,15 +40,6 @@ PRESETS: Dict[str, Config] = {
     "paper-vgg16-bn": dataclasses.replace(PAPER_VGG16, model="vgg16_bn"),
 }
 
-# The paper's Table (top-1 error %, VGG-16), to print beside a run's numbers.
-PAPER_ERRORS = {
-    "tasks": ["ImageNet", "CUBS", "Stanford Cars", "Flowers"],
-    "individual networks": [28.42, 22.57, 13.97, 8.65],
-    "PackNet (0.5, 0.75, 0.75)": [29.33, 25.72, 18.08, 10.05],
-    "released checkpoint": [29.19, 22.56, 17.09, 11.07],
-}
-
-
 def preset(name: str, **overrides) -> Config:
     """A copy of preset `name` with `overrides` (Config fields) applied."""
     if name not in PRESETS:
@@ -56,17 +47,17 @@ def preset(name: str, **overrides) -> Config:
     return dataclasses.replace(PRESETS[name], **overrides)
 
 
-def paper_table(final_accuracy=None, task_names=None) -> str:
+def paper_table(final_accuracy=None) -> str:
     """The paper's table (top-1 error %) with a column for this run's PackNet
     errors (100 - final test accuracy of each task), as markdown."""
-    from .report import markdown_table
-    head = ["task"] + [k for k in PAPER_ERRORS if k != "tasks"]
-    if final_accuracy is not None:
-        head.append("this run (PackNet)")
+    from .report import PAPER_VGG16, fmt, markdown_table
+    columns = {"individual networks": "individual", "PackNet (0.5, 0.75, 0.75)": "packnet",
+               "released checkpoint": "released checkpoint"}
+    head = ["task", *columns] + (["this run (PackNet)"] if final_accuracy is not None else [])
     rows = []
-    for j, title in enumerate(PAPER_ERRORS["tasks"]):
-        row = [title] + [f"{PAPER_ERRORS[k][j]:.2f}" for k in head[1:4]]
+    for j, title in enumerate(PAPER_VGG16["tasks"]):
+        row = [title] + [fmt(PAPER_VGG16[k][j]) for k in columns.values()]
         if final_accuracy is not None:
-            row.append(f"{100 - final_accuracy[j]:.2f}" if j < len(final_accuracy) else "-")
+            row.append(fmt(100 - final_accuracy[j]) if j < len(final_accuracy) else "-")
         rows.append(row)
     return markdown_table(head, rows)

@@ -118,11 +118,8 @@ def comparison_markdown(results: dict) -> str:
                 markdown_table(["", *names], [[l] + [fmt(a) for a in row] for l, row in zip(label, R)]), ""]
     for fig in results.get("figures", []):
         out += [f"![{fig}]({fig})", ""]
-    out += ["## For scale: the paper's VGG-16 (top-1 error %)", "",
-            markdown_table(["task", "individual networks", "PackNet (0.5, 0.75, 0.75)", "released checkpoint"],
-                           [[t, fmt(a), fmt(b), fmt(c)] for t, a, b, c in zip(
-                               PAPER_VGG16["tasks"], PAPER_VGG16["individual"], PAPER_VGG16["packnet"],
-                               PAPER_VGG16["released checkpoint"])]), ""]
+    from .presets import paper_table
+    out += ["## For scale: the paper's VGG-16 (top-1 error %)", "", paper_table(), ""]
     return "\n".join(out)
 
 
