@@ -120,12 +120,21 @@ def test_benchmark_smoke_on_cpu(tmp_path):
     from pathlib import Path
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_gpu.py"
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(script), "--device", "cpu", "--model", "tiny", "--image-size", "32",
-                           "--batch-size", "4", "--steps", "1", "--trials", "2", "--warmup", "1", "--json", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, str(script), "--device", "cpu", "--model", "tiny_vgg16",
+                           "--image-size", "32", "--batch-size", "4", "--steps", "1", "--trials", "2",
+                           "--json", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "ratio protected/plain" in proc.stdout and "images/s" in proc.stdout
     r = json.loads(out.read_text())
     assert r["task1_weights_exact_after_protected_step"] is True
-    assert set(r["images_per_s"]) == {"plain", "protected"} and r["ratio_protected_over_plain"] > 0
-    assert r["device_name"] and r["torch"] == torch.__version__
+    assert set(r["images_per_s"]) == {"plain", "protected"} and r["ratio_images_per_s_protected_over_plain"] > 0
+    assert r["device_name"] and r["torch"] == torch.__version__ and r["gflops_per_training_image"] > 0
+
+
+def test_cpu_bench_command_runs():
+    from packnet_edu.bench import bench_step
+    r = bench_step("small_vgg", "cpu", batch_size=8, steps=1, trials=1)
+    assert r["task1_weights_exact_after_protected_step"] is True
+    # small_vgg at 28x28: conv1 28*28*16*25, conv2 14*14*32*16*9, conv3 7*7*64*32*9, fc 576*128 MACs
+    macs = 28 * 28 * 16 * 25 + 14 * 14 * 32 * 16 * 9 + 7 * 7 * 64 * 32 * 9 + 576 * 128 + 128 * 10
+    assert r["gflops_per_training_image"] == pytest.approx(3 * 2 * macs / 1e9)
