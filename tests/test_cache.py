@@ -1,0 +1,128 @@
+"""The notebooks' cache: keyed by config, version and source; never stale silently."""
+import json
+
+import pytest
+import torch
+
+from packnet_edu import cache
+from packnet_edu import checkpoint as ck
+from packnet_edu.engine import PackNet
+from packnet_edu.models import small_vgg
+from packnet_edu.train import Config
+
+
+@pytest.fixture(autouse=True)
+def tmp_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PACKNET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("PACKNET_REFRESH", raising=False)
+    return tmp_path / "cache"
+
+
+def counter():
+    calls = []
+
+    def fn():
+        calls.append(1)
+        return {"matrix": [[1.0, None], [0.5, 2.0]], "n": len(calls)}
+    return fn, calls
+
+
+def test_computes_once_then_loads(capsys):
+    fn, calls = counter()
+    cfg = Config(epochs=1)
+    a = cache.load_or_run("m", cfg, fn)
+    b = cache.load_or_run("m", cfg, fn)
+    assert calls == [1] and a == b
+    out = capsys.readouterr().out
+    assert "computing 'm'" in out and "loaded 'm'" in out
+
+
+def test_other_config_recomputes_and_says_why(capsys):
+    fn, calls = counter()
+    cache.load_or_run("m", Config(epochs=1), fn)
+    capsys.readouterr()
+    cache.load_or_run("m", Config(epochs=2), fn)
+    assert len(calls) == 2
+    out = capsys.readouterr().out
+    assert "different key" in out and "epochs: 1 -> 2" in out
+
+
+def test_source_or_version_change_invalidates(monkeypatch, capsys):
+    fn, calls = counter()
+    cache.load_or_run("m", Config(), fn)
+    monkeypatch.setattr(cache, "source_hash", lambda: "something-else")
+    cache.load_or_run("m", Config(), fn)
+    assert len(calls) == 2
+    assert "source code changed" in capsys.readouterr().out
+    monkeypatch.setattr(cache, "__version__", "9.9")
+    cache.load_or_run("m", Config(), fn)
+    assert len(calls) == 3
+
+
+def test_tampered_entry_is_not_used(tmp_cache, capsys):
+    fn, calls = counter()
+    cache.load_or_run("m", Config(), fn)
+    meta = next(tmp_cache.glob("m-*/meta.json"))
+    data = json.loads(meta.read_text())
+    data["key"]["config"]["epochs"] = 99
+    meta.write_text(json.dumps(data))
+    cache.load_or_run("m", Config(), fn)
+    assert len(calls) == 2
+    assert "unusable" in capsys.readouterr().out
+
+
+def test_refresh(monkeypatch):
+    fn, calls = counter()
+    cache.load_or_run("m", Config(), fn)
+    monkeypatch.setenv("PACKNET_REFRESH", "1")
+    cache.load_or_run("m", Config(), fn)
+    assert len(calls) == 2
+
+
+def test_extra_is_part_of_the_key():
+    fn, calls = counter()
+    cache.load_or_run("m", Config(), fn, extra={"ratios": [0.5]})
+    cache.load_or_run("m", Config(), fn, extra={"ratios": [0.5, 0.9]})
+    assert len(calls) == 2
+
+
+def test_checkpoint_and_tensors_round_trip(tmp_cache):
+    model = small_vgg([10, 3])
+    engine = PackNet(model.trunk)
+    engine.start_task()
+    engine.prune(0.5)
+    engine.end_task()
+    snap = {"label": "x", "weight": torch.randn(2, 2), "owner": torch.ones(2, 2, dtype=torch.uint8)}
+
+    def fn():
+        return {"checkpoint": ck.make_checkpoint(model, engine, Config().to_dict(), ["a", "b"]),
+                "snapshots": [snap], "matrix": [[1.0]]}
+    first = cache.load_or_run("p", Config(), fn)
+    again = cache.load_or_run("p", Config(), lambda: pytest.fail("should load"))
+    for res in (first, again):
+        m, e = cache.restore(res)
+        assert torch.equal(e.owner["conv1.weight"], engine.owner["conv1.weight"])
+        assert torch.equal(res["snapshots"][0]["weight"], snap["weight"])
+        assert res["checkpoint_path"].endswith("checkpoint.pt")
+    folder = next(tmp_cache.glob("p-*"))
+    assert (folder / "checkpoint.pt").is_file() and (folder / "result.pt").is_file()
+
+
+def test_json_for_plain_results(tmp_cache):
+    cache.load_or_run("j", Config(), lambda: {"matrix": [[1.0]]})
+    assert next(tmp_cache.glob("j-*/result.json")).is_file()
+
+
+def test_fast_mode_config(monkeypatch):
+    monkeypatch.setenv("PACKNET_FAST", "1")
+    fast = cache.notebook_config()
+    assert cache.fast_mode() and fast.epochs == 1 and fast.max_train <= 2000
+    assert cache.eval_cap() is not None
+    k_fast = cache.cache_key("m", fast)
+    monkeypatch.setenv("PACKNET_FAST", "0")
+    full = cache.notebook_config()
+    assert not cache.fast_mode() and full == Config()
+    assert cache.cache_key("m", full) != k_fast
+    assert cache.notebook_config(width=8).width == 8
+    with pytest.raises(TypeError):
+        cache.notebook_config(nonsense=1)
