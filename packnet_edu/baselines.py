@@ -11,15 +11,20 @@ task j+1 after training task i+1 (None where j > i):
                   its matrix has one row
 - packnet         train.run_packnet
 
-Budget: each task gets `epochs + retrain_epochs` epochs in every method
-(PackNet spends `retrain_epochs` of them after pruning).
+Budget and schedule: every method trains each task as PackNet does, minus the
+pruning (`task_phases`): `epochs` at `lr`, then `retrain_epochs` at
+`retrain_lr`; a task PackNet does not prune (the last) trains
+`epochs + retrain_epochs` at `lr`. Giving the baselines PackNet's lower-lr
+phase matters: without it, the retraining phase alone (an lr decay) puts
+PackNet ahead of individual networks, which is not what the comparison is
+about.
 """
 from __future__ import annotations
 
 import contextlib
 import itertools
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -27,22 +32,29 @@ from tqdm.auto import tqdm
 
 from .data import Task
 from .train import (Config, accuracy_row, autocast, evaluate, fit, load_tasks, loader_for,
-                    make_model, run_packnet, trainable_parameters)
+                    make_model, prune_schedule, run_packnet, trainable_parameters)
 
 METHODS = ("individual", "finetune", "classifier_only", "joint", "packnet")
 
 
-def _budget(cfg: Config, t: int) -> int:
+def task_phases(cfg: Config, t: int, num_tasks: int) -> List[Tuple[int, float]]:
+    """[(epochs, lr), ...] for task t: run_packnet's schedule without the pruning."""
     first = cfg.epochs if t > 1 or cfg.first_task_epochs is None else cfg.first_task_epochs
-    return first + cfg.retrain_epochs
+    if prune_schedule(cfg.prune, num_tasks)[t - 1] == 0:
+        return [(first + cfg.retrain_epochs, cfg.lr)]
+    return [(first, cfg.lr), (cfg.retrain_epochs, cfg.retrain_lr)]
+
+
+def fit_task(model, t: int, data: Task, cfg: Config, params, num_tasks: int, desc: str) -> None:
+    for i, (epochs, lr) in enumerate(task_phases(cfg, t, num_tasks)):
+        fit(model, t, data, cfg, epochs, lr, params, desc=desc if i == 0 else f"{desc} lr {lr:g}")
 
 
 def run_individual(cfg: Config, tasks: Sequence[Task]) -> dict:
     finals = []
     for t, data in enumerate(tasks, start=1):
         model = make_model(cfg, [x.num_classes for x in tasks])   # same start for every task
-        fit(model, t, data, cfg, _budget(cfg, t), cfg.lr, trainable_parameters(model, t),
-            desc=f"individual {t}:{data.name}")
+        fit_task(model, t, data, cfg, trainable_parameters(model, t), len(tasks), f"individual {t}:{data.name}")
         finals.append(evaluate(model, t, loader_for(data.test, cfg, train=False), cfg.device, cfg.amp))
     return {"matrix": [[a if j <= i else None for j, a in enumerate(finals)] for i in range(len(tasks))]}
 
@@ -68,18 +80,24 @@ def run_sequential(cfg: Config, tasks: Sequence[Task], train_trunk_after_first: 
         frozen = t > 1 and not train_trunk_after_first
         params = list(model.heads[t - 1].parameters()) if frozen else trainable_parameters(model, t)
         with frozen_batchnorm(model.trunk) if frozen else contextlib.nullcontext():
-            fit(model, t, data, cfg, _budget(cfg, t), cfg.lr, params, desc=f"{label} {t}:{data.name}")
+            fit_task(model, t, data, cfg, params, len(tasks), f"{label} {t}:{data.name}")
         matrix.append(accuracy_row(model, None, tasks, t, cfg))
     return {"matrix": matrix}
 
 
 def run_joint(cfg: Config, tasks: Sequence[Task]) -> dict:
-    """Multi-task training: each step one batch of every task, losses summed."""
+    """Multi-task training: each step one batch of every task, losses summed;
+    the longest task schedule of `task_phases`, its epochs in order."""
     model = make_model(cfg, [x.num_classes for x in tasks])
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
-    epochs = max(_budget(cfg, t) for t in range(1, len(tasks) + 1))
-    for epoch in range(1, epochs + 1):
+    phases = max((task_phases(cfg, t, len(tasks)) for t in range(1, len(tasks) + 1)),
+                 key=lambda ph: sum(e for e, _ in ph))
+    lrs = [lr for epochs, lr in phases for _ in range(epochs)]
+    epochs = len(lrs)
+    for epoch, lr in enumerate(lrs, start=1):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         model.train()
         loaders = [loader_for(d.train, cfg, train=True, seed=cfg.seed * 1000 + 7 * epoch + i)
                    for i, d in enumerate(tasks)]

@@ -107,9 +107,7 @@ def write_report(results: dict, out: Path) -> None:
 
 def comparison_figures(results: dict, out: Path) -> list:
     """Accuracy-matrix heatmaps of every method and accuracy against prune ratio."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure      # no pyplot: no backend, no global figure state
     from .metrics import average_accuracy
     from .plots import accuracy_matrix_heatmap, save_figure, task_color
     from .report import METHOD_TITLES
@@ -119,11 +117,11 @@ def comparison_figures(results: dict, out: Path) -> list:
         if len(r["matrix"]) > 1:
             fig = accuracy_matrix_heatmap(r["matrix"], names, title=m)
             save_figure(fig, out / f"matrix_{m}")
-            plt.close(fig)
             files.append(f"matrix_{m}.png")
     if results.get("sweep"):
         ratios, accs = zip(*results["sweep"])
-        fig, ax = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
+        fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+        ax = fig.subplots()
         ax.plot(ratios, accs, "-o", color=task_color(1), lw=2.5, ms=7, label="PackNet")
         for m, style in (("individual", "--"), ("finetune", ":")):
             if m in results["methods"]:
@@ -133,7 +131,6 @@ def comparison_figures(results: dict, out: Path) -> list:
                title="PackNet: average accuracy after all tasks against prune ratio")
         ax.legend(frameon=False)
         save_figure(fig, out / "accuracy_vs_ratio")
-        plt.close(fig)
         files.append("accuracy_vs_ratio.png")
     return files
 

@@ -1,0 +1,54 @@
+"""What README.md says about `make demo` is what the code does.
+
+The ownership table is checked exactly (it depends only on the layer sizes and
+the prune schedule). The accuracy table is checked by rerunning the demo's
+config (a minute on 2 cores): within 1 point per task, because another CPU may
+round float32 sums differently; on the machine that wrote the README it
+matches to the printed digit.
+"""
+import re
+from pathlib import Path
+
+import pytest
+
+from packnet_edu import PackNet
+from packnet_edu.report import ownership_table
+from packnet_edu.train import Config, make_model, prune_schedule, run_packnet
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+NUM_CLASSES = [10, 10, 10, 10]          # fashion, mnist, animals, digits
+
+
+def readme_block(title: str) -> str:
+    """The lines of the demo output block that follow `title`, up to a blank line."""
+    start = README.index(title) + len(title) + 1
+    return README[start:].split("\n\n")[0].split("\n```")[0].rstrip()
+
+
+def test_readme_ownership_table_is_the_schedule():
+    cfg = Config()
+    model = make_model(cfg, NUM_CLASSES)
+    engine = PackNet(model.trunk)
+    for ratio in prune_schedule(cfg.prune, len(cfg.tasks)):
+        engine.start_task()
+        if ratio:
+            engine.prune(ratio)
+        engine.end_task()
+    ours = ownership_table(engine.owner, list(cfg.tasks))
+    theirs = readme_block("Weights each task owns, per layer (count and share):")
+    assert [l.rstrip() for l in ours.splitlines()] == [l.rstrip() for l in theirs.splitlines()]
+
+
+@pytest.mark.slow
+def test_readme_accuracy_table_is_the_demo():
+    rows = re.findall(r"^(\d):(\w+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(yes|NO)\s*$",
+                      readme_block("Test accuracy (%) of each task, PackNet:"), re.M)
+    assert len(rows) == 4, "README's demo table not found"
+    result = run_packnet(Config(), verbose=False)
+    assert result["task_names"] == [r[1] for r in rows]
+    assert all(result["outputs_identical"])
+    for j, (_, name, own, final, forgetting, same) in enumerate(rows):
+        assert abs(result["matrix"][j][j] - float(own)) <= 1.0, name
+        assert abs(result["matrix"][-1][j] - float(final)) <= 1.0, name
+        assert float(forgetting) == 0.0 and same == "yes"
+        assert result["matrix"][-1][j] == result["matrix"][j][j]     # PackNet: exactly no forgetting
