@@ -7,7 +7,8 @@ task j+1 after training task i+1 (None where j > i):
 - finetune        one network, every weight trained on each task in turn
                   (heads kept): catastrophic forgetting
 - classifier_only trunk trained on task 1, then frozen; later tasks train heads only
-- joint           all tasks at once (not continual learning: an upper bound);
+- joint           all tasks at once (not continual learning; the usual reference
+                  point, though not always above individual networks);
                   its matrix has one row
 - packnet         train.run_packnet
 

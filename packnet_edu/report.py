@@ -66,7 +66,7 @@ PAPER_VGG16 = {
     "released checkpoint": [29.19, 22.56, 17.09, 11.07],
 }
 METHOD_TITLES = {"individual": "Individual networks", "finetune": "Sequential fine-tuning",
-                 "classifier_only": "Classifier only", "joint": "Joint (upper bound)",
+                 "classifier_only": "Classifier only", "joint": "Joint (all tasks at once)",
                  "packnet": "PackNet"}
 
 

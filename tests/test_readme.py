@@ -52,3 +52,18 @@ def test_readme_accuracy_table_is_the_demo():
         assert abs(result["matrix"][-1][j] - float(final)) <= 1.0, name
         assert float(forgetting) == 0.0 and same == "yes"
         assert result["matrix"][-1][j] == result["matrix"][j][j]     # PackNet: exactly no forgetting
+
+
+def test_readme_comparison_is_the_recorded_run():
+    """The README's comparison table is the recorded `compare` run in docs/compare/."""
+    import json
+    results = json.loads((Path(__file__).resolve().parent.parent / "docs/compare/results.json").read_text())
+    methods = ["individual", "finetune", "classifier_only", "joint", "packnet"]
+    block = README[README.index("| task | Individual networks"):].split("\n\n")[0]
+    rows = [[c.strip(" *") for c in line.strip("|").split("|")] for line in block.splitlines()[2:]]
+    for j, row in enumerate(rows[:-1]):
+        for m, cell in zip(methods, row[1:]):
+            final = results["methods"][m]["matrix"][-1][j]
+            assert cell == f"{100 - final:.2f}", (m, row[0])
+    from packnet_edu.metrics import average_accuracy
+    assert rows[-1][1:] == [f"{average_accuracy(results['methods'][m]['matrix']):.2f}" for m in methods]
