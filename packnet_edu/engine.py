@@ -159,7 +159,11 @@ class PackNet:
                 mine = (owner == self.training_task).flatten().nonzero().squeeze(1).to(weight.device)
                 k = prune_count(float(ratio), mine.numel())
                 drop = mine[smallest_magnitude(weight.flatten()[mine], k)]   # sorted where the weight is
-                weight.view(-1)[drop] = 0.0
+                freed = torch.zeros(weight.numel(), dtype=torch.bool, device=weight.device)
+                freed[drop] = True
+                # masked_fill_ by logical position: also right for channels_last weights,
+                # where weight.view(-1) would fail (its memory is not in NCHW order)
+                weight.masked_fill_(freed.view(weight.shape), 0.0)
                 owner.view(-1)[drop.cpu()] = 0
                 released[name] = k
         self._snapshot()

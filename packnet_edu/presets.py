@@ -32,7 +32,7 @@ PAPER_VGG16 = Config(
     first_task_epochs=0, epochs=20, lr=1e-3, lr_step=10,
     retrain_epochs=10, retrain_lr=1e-4,
     momentum=0.9, weight_decay=0.0, batch_size=32, max_train=None,
-    device="cuda", amp=True, workers=8, data_root="data/paper",
+    device="cuda", amp=True, channels_last=True, workers=8, data_root="data/paper",
 )
 
 PRESETS: Dict[str, Config] = {

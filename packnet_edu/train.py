@@ -45,6 +45,7 @@ class Config:
     seed: int = 0
     device: str = "cpu"
     amp: bool = False               # bf16 autocast (CUDA)
+    channels_last: bool = False     # NHWC weights: the layout GPU convolutions are fastest in
     workers: int = 0                # data loader processes (image folders; tensors need none)
     data_root: Optional[str] = None  # where prepared image datasets live (VGG-16 pipeline)
     weights: Optional[str] = None   # VGG-16 start: None, "imagenet" or a state-dict file
@@ -192,7 +193,12 @@ def make_model(cfg: Config, num_classes: Sequence[int]) -> MultiHeadNet:
     """The model `cfg` names, seeded by `cfg.seed`, on `cfg.device`."""
     torch.manual_seed(cfg.seed)
     kwargs = {"width": cfg.width} if cfg.model == "small_vgg" else {"weights": cfg.weights}
-    return build_model(cfg.model, num_classes, **kwargs).to(cfg.device)
+    model = build_model(cfg.model, num_classes, **kwargs).to(cfg.device)
+    if cfg.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True    # autotune conv algorithms: input sizes are fixed
+    if cfg.channels_last:                        # inputs follow: a conv runs NHWC if its weight is
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def accuracy_row(model, engine, tasks: Sequence[Task], upto: int, cfg: Config,

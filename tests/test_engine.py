@@ -1,4 +1,5 @@
 """The engine's contract: exact freezing, exact pruning, a read-only task view."""
+import copy
 import math
 
 import pytest
@@ -103,6 +104,25 @@ def test_prune_counts_and_first_task_mask_match_torch_prune():
         torch_prune.l1_unstructured(oracle, "weight", amount=0.6)
         assert torch.equal(oracle.weight_mask.bool(), engine.owner[key] == 1)
         assert torch.all(engine.weights[key][engine.owner[key] == 0] == 0)
+
+
+def test_prune_on_channels_last_weights_matches_contiguous():
+    """The GPU path converts the model to channels_last: pruning must pick the
+    same weights by logical position, whatever the memory layout."""
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+    cl = copy.deepcopy(dense).to(memory_format=torch.channels_last)
+    assert not cl[0].weight.is_contiguous()
+    engines = [PackNet(dense), PackNet(cl)]
+    for e in engines:
+        e.start_task()
+        e.prune(0.6)
+        e.end_task()
+        e.start_task()
+        e.prune(0.5)
+    for name in engines[0].owner:
+        assert torch.equal(engines[0].owner[name], engines[1].owner[name])
+        assert torch.equal(engines[0].weights[name], engines[1].weights[name])
 
 
 def test_prune_counts_for_a_later_task_are_a_fraction_of_its_own_weights():

@@ -73,13 +73,17 @@ def _step(model, opt, task, x, y):
     opt.step()
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("batch_norm", [False, True])
-def test_packnet_sequence_keeps_task1_bit_identical(batch_norm):
+def test_packnet_sequence_keeps_task1_bit_identical(batch_norm, channels_last):
     """VGG-16's layout (narrow, so the CPU runs it quickly): task 1 trains, is
     pruned 50% and retrained; task 2 trains with momentum and weight decay in
-    train mode; task 1's outputs and BatchNorm statistics do not change."""
+    train mode; task 1's outputs and BatchNorm statistics do not change. Also
+    with channels_last weights, the layout the GPU configs use."""
     torch.manual_seed(0)
     model = tiny_vgg16([5, 3], batch_norm=batch_norm)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     engine = PackNet(model.trunk)
     x, y1, y2 = torch.randn(8, 3, 32, 32), torch.randint(0, 5, (8,)), torch.randint(0, 3, (8,))
     engine.start_task()
@@ -122,10 +126,11 @@ def test_benchmark_smoke_on_cpu(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(script), "--device", "cpu", "--model", "tiny_vgg16",
                            "--image-size", "32", "--batch-size", "4", "--steps", "1", "--trials", "2",
-                           "--json", str(out)], capture_output=True, text=True, timeout=120)
+                           "--channels-last", "--json", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "ratio protected/plain" in proc.stdout and "images/s" in proc.stdout
     r = json.loads(out.read_text())
+    assert r["channels_last"] is True        # as on the GPU: the engine prunes channels_last weights
     assert r["task1_weights_exact_after_protected_step"] is True
     assert set(r["images_per_s"]) == {"plain", "protected"} and r["ratio_images_per_s_protected_over_plain"] > 0
     assert r["device_name"] and r["torch"] == torch.__version__ and r["gflops_per_training_image"] > 0
@@ -138,3 +143,12 @@ def test_cpu_bench_command_runs():
     # small_vgg at 28x28: conv1 28*28*16*25, conv2 14*14*32*16*9, conv3 7*7*64*32*9, fc 576*128 MACs
     macs = 28 * 28 * 16 * 25 + 14 * 14 * 32 * 16 * 9 + 7 * 7 * 64 * 32 * 9 + 576 * 128 + 128 * 10
     assert r["gflops_per_training_image"] == pytest.approx(3 * 2 * macs / 1e9)
+
+
+def test_make_model_honours_channels_last():
+    from packnet_edu.presets import preset
+    from packnet_edu.train import Config, make_model
+    assert preset("paper-vgg16").channels_last
+    conv = make_model(Config(channels_last=True), [10]).trunk[0]
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert make_model(Config(), [10]).trunk[0].weight.is_contiguous()
