@@ -67,25 +67,35 @@ def test_wrong_weights_file_is_a_clear_error(saved, tmp_path):
 
 def _step(model, opt, task, x, y):
     model.train()
-    loss = torch.nn.functional.cross_entropy(model(x, task), y)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):   # as training runs on a GPU
+        loss = torch.nn.functional.cross_entropy(model(x, task), y)
     opt.zero_grad()
     loss.backward()
     opt.step()
 
 
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("batch_norm", [False, True])
-def test_packnet_sequence_keeps_task1_bit_identical(batch_norm, channels_last):
+def test_packnet_sequence_keeps_task1_bit_identical(batch_norm, channels_last, device, monkeypatch):
     """VGG-16's layout (narrow, so the CPU runs it quickly): task 1 trains, is
     pruned 50% and retrained; task 2 trains with momentum and weight decay in
-    train mode; task 1's outputs and BatchNorm statistics do not change. Also
-    with channels_last weights, the layout the GPU configs use."""
+    train mode; task 1's weights, outputs and BatchNorm statistics do not
+    change. Also with channels_last weights, and on a GPU with bf16 autocast
+    (there cuDNN is made deterministic, so that equal weights give equal outputs)."""
+    if device == "cuda":
+        monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+        monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     torch.manual_seed(0)
-    model = tiny_vgg16([5, 3], batch_norm=batch_norm)
+    model = tiny_vgg16([5, 3], batch_norm=batch_norm).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     engine = PackNet(model.trunk)
-    x, y1, y2 = torch.randn(8, 3, 32, 32), torch.randint(0, 5, (8,)), torch.randint(0, 3, (8,))
+    x, y1, y2 = (t.to(device) for t in (torch.randn(8, 3, 32, 32), torch.randint(0, 5, (8,)),
+                                          torch.randint(0, 3, (8,))))
     engine.start_task()
     opt = torch.optim.SGD(list(model.trunk.parameters()) + list(model.heads[0].parameters()), lr=0.05, momentum=0.9)
     engine.protect(opt)
@@ -100,6 +110,7 @@ def test_packnet_sequence_keeps_task1_bit_identical(batch_norm, channels_last):
     with torch.no_grad(), engine.task_view(1):
         ref = model(x, 1)
     stats = [(m.running_mean.clone(), m.running_var.clone()) for m in bn]
+    task1 = {n: w.detach().clone() for n, w in engine.weights.items()}
     engine.start_task()
     opt = torch.optim.SGD(list(model.trunk.parameters()) + list(model.heads[1].parameters()), lr=0.05,
                           momentum=0.9, weight_decay=5e-4)
@@ -108,6 +119,9 @@ def test_packnet_sequence_keeps_task1_bit_identical(batch_norm, channels_last):
         _step(model, opt, 2, x, y2)
     assert all(torch.equal(a, m.running_mean) and torch.equal(v, m.running_var) for (a, v), m in zip(stats, bn))
     model.eval()
+    for n, w in engine.weights.items():
+        mine = engine.owner[n].to(w.device) == 1
+        assert torch.equal(w.detach()[mine], task1[n][mine]), n
     with torch.no_grad(), engine.task_view(1):
         assert torch.equal(model(x, 1), ref)
     counts = engine.owned_counts()
