@@ -271,7 +271,7 @@ def restore(result: dict):
     return ck.restore(result["checkpoint"])
 
 
-def pruning_study(cfg: Config, ratios: Sequence[float], task: int = 1, eval_limit: Optional[int] = None) -> dict:
+def pruning_study(cfg: Config, ratios: Sequence[float], task: int = 1) -> dict:
     """One network trained on task `task` alone, then for each ratio: magnitude
     pruning (per layer, as PackNet), test accuracy, one retraining phase, test
     accuracy again. Cached: {"checkpoint" (the trained network; its engine has
@@ -282,8 +282,7 @@ def pruning_study(cfg: Config, ratios: Sequence[float], task: int = 1, eval_limi
     def run():
         tasks = tasks_for(cfg)
         data = tasks[task - 1]
-        test = data.test if eval_limit is None else torch.utils.data.TensorDataset(*data.test[:eval_limit])
-        test_loader = loader_for(test, cfg, train=False)
+        test_loader = loader_for(data.test, cfg, train=False)
         model = make_model(cfg, [data.num_classes])
         engine = PackNet(model.trunk)
         engine.start_task()
@@ -301,8 +300,7 @@ def pruning_study(cfg: Config, ratios: Sequence[float], task: int = 1, eval_limi
             curve.append({"ratio": float(r), "before": before, "after": after})
             print(f"ratio {r:.2f}: {before:5.1f}% pruned, {after:5.1f}% retrained")
         return {"checkpoint": ckpt, "curve": curve, "dense": dense, "task_name": data.name}
-    return load_or_run("pruning", cfg, run, extra={"ratios": [float(r) for r in ratios], "task": task,
-                                                   "eval_limit": eval_limit})
+    return load_or_run("pruning", cfg, run, extra={"ratios": [float(r) for r in ratios], "task": task})
 
 
 def pruning_ratios() -> List[float]:
@@ -310,8 +308,3 @@ def pruning_ratios() -> List[float]:
     if fast_mode():
         return [0.0, 0.5, 0.75, 0.9]
     return [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
-
-
-def eval_limit() -> Optional[int]:
-    """Test images used per evaluation in the pruning study (all in full mode)."""
-    return None     # the test split (already capped by eval_cap() in fast mode)

@@ -14,8 +14,8 @@ against one process:
   every rank);
 - evaluation is sharded and the correct counts are summed over ranks, so all
   ranks choose the same best epoch;
-- after each prune the owner maps are checked to be identical on all ranks
-  (a checksum, all-gathered) and broadcast from rank 0.
+- after each prune the owner maps (and weights) are checked to be identical
+  on all ranks (a checksum, all-gathered); a mismatch stops the run.
 
 `train.run_packnet` is reused as it is, with a `train.Runtime` of distributed
 building blocks (`loader_for`, `train_one_epoch`, `evaluate`, the engine
@@ -127,15 +127,9 @@ def _train_one_epoch(model, task, optimizer, loader, device="cpu", desc="train",
     return T.train_one_epoch(ddp, task, optimizer, loader, device, desc, amp)
 
 
-@torch.no_grad()
 def _evaluate(model, task, loader, device="cpu", amp=False):
     """Top-1 accuracy (%) over all ranks' shards (sums of counts, then one division)."""
-    model.eval()
-    counts = torch.zeros(2, dtype=torch.float64)
-    for x, y in loader:
-        with T.autocast(device, amp):
-            pred = model(x.to(device, non_blocking=True), task).argmax(1)
-        counts += torch.tensor([int((pred.cpu() == y).sum()), len(y)], dtype=torch.float64)
+    counts = torch.tensor(T.count_correct(model, task, loader, device, amp), dtype=torch.float64)
     if device.startswith("cuda"):
         counts = counts.to(device)
     dist.all_reduce(counts)
@@ -163,18 +157,6 @@ def all_checksums(tensors: Dict[str, torch.Tensor]) -> List[str]:
     return out
 
 
-def broadcast_owner_maps(engine: PackNet, src: int = 0) -> None:
-    """Make every rank's owner maps rank `src`'s (then re-record what is frozen)."""
-    if not active():
-        return
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    for name in sorted(engine.owner):
-        t = engine.owner[name].to(device)
-        dist.broadcast(t, src)
-        engine.owner[name] = t.to(engine.owner[name].device)
-    engine._snapshot()
-
-
 def check_identical(engine: PackNet, what: str = "owner maps") -> None:
     """Raise if the owner maps (and packed weights) differ between ranks."""
     sums = all_checksums({**{f"owner/{k}": v for k, v in engine.owner.items()},
@@ -185,13 +167,12 @@ def check_identical(engine: PackNet, what: str = "owner maps") -> None:
 
 
 class DistributedPackNet(PackNet):
-    """PackNet whose prune ends with every rank holding rank 0's owner maps,
-    after checking that they were identical anyway."""
+    """PackNet whose prune checks that every rank chose the same weights (each
+    rank prunes its own copy; identical weights give identical masks)."""
 
     def prune(self, ratio: float):
         released = super().prune(ratio)
         check_identical(self, f"after prune({ratio}), the owner maps")
-        broadcast_owner_maps(self)
         return released
 
 

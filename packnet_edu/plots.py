@@ -23,6 +23,8 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from .engine import prune_count, smallest_magnitude
+
 # seaborn "colorblind" without its grey (index 7), which would read as "free".
 TASK_COLORS = ["#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc",
                "#ca9161", "#fbafe4", "#ece133", "#56b4e9"]
@@ -245,20 +247,26 @@ def synthetic_owner_maps(shapes: Mapping[str, Sequence[int]], ratios: Sequence[f
             scale = torch.exp(0.6 * torch.randn(shape[0], 1, generator=g))
             mag = torch.randn(flat.shape, generator=g).abs() * scale
             mine = (flat == t).flatten().nonzero().squeeze(1)
-            k = int(round(r * mine.numel()))
-            drop = mine[torch.sort(mag.flatten()[mine], stable=True).indices[:k]]
+            drop = mine[smallest_magnitude(mag.flatten()[mine], prune_count(r, mine.numel()))]   # the engine's rule
             flat.view(-1)[drop] = 0
         out[name] = owner
     return out
 
 
 # ---------------------------------------------------------------- pruning
+def _released(weights: ArrayLike, ratio: float) -> torch.Tensor:
+    """Flat indices `PackNet.prune(ratio)` releases in this layer (the engine's
+    own rule: prune_count smallest |w|, ties by position)."""
+    w = torch.as_tensor(_np(weights)).flatten()
+    return smallest_magnitude(w, prune_count(ratio, w.numel()))
+
+
 def magnitude_threshold(weights: ArrayLike, ratio: float) -> float:
     """The magnitude below which `prune(ratio)` releases weights: |w| of the
     last released weight (0.0 when nothing is released)."""
-    a = np.sort(np.abs(_np(weights)).ravel(), kind="stable")
-    k = int(round(ratio * a.size))
-    return float(a[k - 1]) if k > 0 else 0.0
+    w = torch.as_tensor(_np(weights)).flatten()
+    drop = _released(w, ratio)
+    return float(w[drop].abs().max()) if drop.numel() else 0.0
 
 
 def _draw_histogram(ax, weights, threshold, ratio=None, title=""):
@@ -367,13 +375,11 @@ def pruning_panel(weights: ArrayLike, ratio: float, curve: Sequence[Mapping[str,
 
 
 def keep_mask(weights: ArrayLike, ratio: float) -> np.ndarray:
-    """True for the weights magnitude pruning at `ratio` keeps (the engine's rule:
-    release round(ratio * n) smallest |w|, ties by lower flat index)."""
-    w = np.abs(_np(weights)).ravel()
-    k = int(round(ratio * w.size))
-    keep = np.ones(w.size, dtype=bool)
-    keep[np.argsort(w, kind="stable")[:k]] = False
-    return keep.reshape(_np(weights).shape)
+    """True for the weights magnitude pruning at `ratio` keeps (the engine's rule)."""
+    shape = _np(weights).shape
+    keep = np.ones(int(np.prod(shape)), dtype=bool)
+    keep[_released(weights, ratio).numpy()] = False
+    return keep.reshape(shape)
 
 
 # ---------------------------------------------------------------- capacity

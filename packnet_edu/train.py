@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -109,8 +109,8 @@ def train_one_epoch(model: MultiHeadNet, task: int, optimizer: torch.optim.Optim
 
 
 @torch.no_grad()
-def evaluate(model: MultiHeadNet, task: int, loader, device: str = "cpu", amp: bool = False) -> float:
-    """Top-1 accuracy (%) of head `task` on `loader`."""
+def count_correct(model: MultiHeadNet, task: int, loader, device: str = "cpu", amp: bool = False) -> Tuple[int, int]:
+    """(correct top-1 predictions of head `task`, images) over `loader`."""
     model.eval()
     correct, count = 0, 0
     for x, y in loader:
@@ -118,6 +118,12 @@ def evaluate(model: MultiHeadNet, task: int, loader, device: str = "cpu", amp: b
             pred = model(x.to(device, non_blocking=True), task).argmax(1)
         correct += int((pred.cpu() == y).sum())
         count += len(y)
+    return correct, count
+
+
+def evaluate(model: MultiHeadNet, task: int, loader, device: str = "cpu", amp: bool = False) -> float:
+    """Top-1 accuracy (%) of head `task` on `loader`."""
+    correct, count = count_correct(model, task, loader, device, amp)
     return 100.0 * correct / max(count, 1)
 
 

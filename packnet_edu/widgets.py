@@ -54,11 +54,21 @@ def on_ratio_change(state: PruningState, ratio: float, layer: Optional[str] = No
                                layer=state.layer.removesuffix(".weight"))
 
 
-def _show(output, fig) -> None:
+def _live(controls, draw, header):
+    """`header` above an Output showing `draw()`, redrawn whenever one of
+    `controls` changes value."""
+    import ipywidgets as W
     from IPython.display import display
-    output.clear_output(wait=True)
-    with output:
-        display(fig)
+    out = W.Output()
+
+    def redraw(_=None):
+        out.clear_output(wait=True)
+        with out:
+            display(draw())
+    for control in controls:
+        control.observe(redraw, names="value")
+    redraw()
+    return W.VBox([header, out])
 
 
 def pruning_explorer(state: PruningState):
@@ -71,14 +81,8 @@ def pruning_explorer(state: PruningState):
                                layout=W.Layout(width="520px"), style={"description_width": "90px"})
     layer = W.Dropdown(options=list(state.weights), value=state.layer, description="layer",
                        style={"description_width": "50px"})
-    out = W.Output()
-
-    def redraw(_=None):
-        _show(out, on_ratio_change(state, slider.value, layer.value))
-    slider.observe(redraw, names="value")
-    layer.observe(redraw, names="value")
-    redraw()
-    return W.VBox([W.HBox([slider, layer]), out])
+    return _live([slider, layer], lambda: on_ratio_change(state, slider.value, layer.value),
+                 W.HBox([slider, layer]))
 
 
 # ------------------------------------------------------------ notebook 4: capacity plan
@@ -94,14 +98,8 @@ def schedule_explorer(task_names: Sequence[str], ratios: Sequence[float]):
                              description=f"{k}: {n}", continuous_update=False,
                              style={"description_width": "90px"})
                for k, (n, r) in enumerate(zip(task_names, ratios), start=1)]
-    out = W.Output()
-
-    def redraw(_=None):
-        _show(out, on_schedule_change([s.value for s in sliders], task_names))
-    for s in sliders:
-        s.observe(redraw, names="value")
-    redraw()
-    return W.VBox([W.HBox(sliders[:2]), W.HBox(sliders[2:]), out])
+    return _live(sliders, lambda: on_schedule_change([s.value for s in sliders], task_names),
+                 W.VBox([W.HBox(sliders[:2]), W.HBox(sliders[2:])]))
 
 
 # ------------------------------------------------------------ notebook 5: one filter
@@ -127,13 +125,7 @@ def filter_explorer(snapshots: Sequence[Mapping], task_names: Optional[Sequence[
     pick = W.Dropdown(options=list(range(n)),
                       value=default_filter(snapshots) if filter_index is None else filter_index,
                       description="filter")
-    out = W.Output()
-
-    def redraw(_=None):
-        _show(out, on_filter_change(snapshots, pick.value, task_names))
-    pick.observe(redraw, names="value")
-    redraw()
-    return W.VBox([pick, out])
+    return _live([pick], lambda: on_filter_change(snapshots, pick.value, task_names), pick)
 
 
 # ------------------------------------------------------------ notebook 6: masks
@@ -150,11 +142,5 @@ def mask_explorer(owner_maps: Mapping[str, torch.Tensor], task_names: Optional[S
     import ipywidgets as W
     pick = W.Dropdown(options=list(owner_maps), value=layer or next(iter(owner_maps)), description="layer")
     sort = W.Checkbox(value=True, description="sort filters by share")
-    out = W.Output()
-
-    def redraw(_=None):
-        _show(out, on_layer_change(owner_maps, pick.value, task_names, sort.value))
-    pick.observe(redraw, names="value")
-    sort.observe(redraw, names="value")
-    redraw()
-    return W.VBox([W.HBox([pick, sort]), out])
+    return _live([pick, sort], lambda: on_layer_change(owner_maps, pick.value, task_names, sort.value),
+                 W.HBox([pick, sort]))

@@ -65,5 +65,10 @@ def test_readme_comparison_is_the_recorded_run():
         for m, cell in zip(methods, row[1:]):
             final = results["methods"][m]["matrix"][-1][j]
             assert cell == f"{100 - final:.2f}", (m, row[0])
-    from packnet_edu.metrics import average_accuracy
-    assert rows[-1][1:] == [f"{average_accuracy(results['methods'][m]['matrix']):.2f}" for m in methods]
+    from packnet_edu.metrics import average_accuracy, backward_transfer
+    avg = {m: average_accuracy(results["methods"][m]["matrix"]) for m in methods}
+    assert rows[-1][1:] == [f"{avg[m]:.2f}" for m in methods]
+    # the prose under the table
+    text = " ".join(README.split())
+    assert f"backward transfer {backward_transfer(results['methods']['finetune']['matrix']):.2f} points" in text
+    assert f"ends {avg['individual'] - avg['packnet']:.2f} points below four separate networks" in text

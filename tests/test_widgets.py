@@ -44,7 +44,9 @@ def test_on_schedule_change():
     b = png(widgets.on_schedule_change([0.25, 0.5, 0.75, 0.0], ["a", "b", "c", "d"]))
     assert a != b
     box = widgets.schedule_explorer(["a", "b", "c", "d"], [0.5, 0.75, 0.75, 0.0])
-    box.children[0].children[0].value = 0.3
+    slider = box.children[0].children[0].children[0]       # header VBox > first row > task 1's slider
+    slider.value = 0.3                                      # redraws through the callback (raises if broken)
+    assert slider.description == "1: a" and slider.value == 0.3
 
 
 def snapshots():
