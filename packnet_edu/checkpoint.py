@@ -91,8 +91,10 @@ def save(ckpt: dict, path: Union[str, Path]) -> Path:
     return path
 
 
-def load(path: Union[str, Path]) -> dict:
-    """Read and validate a checkpoint file (weights_only: no code is unpickled)."""
+def load(path: Union[str, Path], kind: Optional[str] = None) -> dict:
+    """Read and validate a checkpoint file (weights_only: no code is unpickled);
+    `kind` is the format marker expected (default: a training checkpoint)."""
+    kind = kind or FORMAT
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
@@ -101,8 +103,9 @@ def load(path: Union[str, Path]) -> dict:
     except Exception as err:  # a cut-off zip, random bytes, or pickled code weights_only refuses
         raise CheckpointError(f"{path} is truncated or not a packnet_edu checkpoint "
                               f"({type(err).__name__}); re-run, or use an earlier checkpoint") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a packnet_edu checkpoint (no '{FORMAT}' marker)")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != kind:
+        what = "checkpoint" if kind == FORMAT else "exported task model"
+        raise CheckpointError(f"{path} is not a packnet_edu {what} (no '{kind}' marker)")
     version = ckpt.get("version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format version {version}, newer than this "
@@ -187,9 +190,7 @@ def export_task_file(ckpt_path: Union[str, Path], task: int, out: Union[str, Pat
 
 def load_exported(path: Union[str, Path]) -> nn.Sequential:
     """A standalone task model written by export_task_file: trunk then head, in eval mode."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or blob.get("format") != EXPORT_FORMAT:
-        raise CheckpointError(f"{path} is not a packnet_edu exported task model")
+    blob = load(path, kind=EXPORT_FORMAT)
     model = _architecture(blob["config"], [blob["num_classes"]])
     net = nn.Sequential(model.trunk, model.heads[0])
     net.load_state_dict(blob["state"])

@@ -78,10 +78,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def _presets() -> dict:
-    try:
-        from .presets import PRESETS
-    except ImportError:
-        return {}
+    from .presets import PRESETS      # imported late: presets imports train
     return PRESETS
 
 

@@ -52,7 +52,3 @@ def capacity_shares(owned: Dict[str, Dict[int, int]], num_tasks: int) -> List[fl
     {layer: {owner: count}}; index 0 is task 1. Free weights are left out."""
     total = sum(sum(c.values()) for c in owned.values())
     return [100.0 * sum(c.get(k, 0) for c in owned.values()) / total for k in range(1, num_tasks + 1)]
-
-
-def summarize(R: Matrix) -> Dict[str, Optional[float]]:
-    return {"average_accuracy": average_accuracy(R), "backward_transfer": backward_transfer(R)}

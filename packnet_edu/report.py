@@ -41,18 +41,19 @@ def fmt(x: Optional[float], digits: int = 2) -> str:
 def accuracy_table(task_names: Sequence[str], matrix: List[List[Optional[float]]],
                    identical: Optional[Sequence[bool]] = None) -> str:
     """Each task's test accuracy right after it was learned and after the whole sequence."""
+    from .metrics import average_accuracy, forgetting_per_task
     head = ["task", "after its own training", "after all tasks", "forgetting"]
     if identical is not None:
         head.append("outputs bit-identical")
+    forgetting = forgetting_per_task(matrix)
     rows = []
     for j, name in enumerate(task_names):
-        row = [f"{j + 1}:{name}", fmt(matrix[j][j]), fmt(matrix[-1][j]), fmt(matrix[j][j] - matrix[-1][j])]
+        row = [f"{j + 1}:{name}", fmt(matrix[j][j]), fmt(matrix[-1][j]), fmt(forgetting[j])]
         if identical is not None:
             row.append("yes" if identical[j] else "NO")
         rows.append(row)
-    final = [r[j] for j, r in enumerate([matrix[-1]] * len(task_names))]
-    rows.append(["average", fmt(sum(m[j] for j, m in enumerate(matrix)) / len(matrix)),
-                 fmt(sum(final) / len(final)), ""] + ([""] if identical is not None else []))
+    own = sum(matrix[j][j] for j in range(len(task_names))) / len(task_names)
+    rows.append(["average", fmt(own), fmt(average_accuracy(matrix)), ""] + ([""] if identical is not None else []))
     return text_table(head, rows)
 
 

@@ -74,6 +74,10 @@ def test_save_load_restore_and_export(tmp_path):
             assert torch.allclose(standalone(x), expected, atol=1e-6)
     with pytest.raises(ValueError, match="does not exist"):
         ck.export_task_file(path, 4, tmp_path / "t4.pt")
+    with pytest.raises(ck.CheckpointError, match="not a packnet_edu exported task model"):
+        ck.load_exported(path)                       # a training checkpoint, not an export
+    with pytest.raises(ck.CheckpointError, match="not a packnet_edu checkpoint"):
+        ck.load(tmp_path / "task1.pt")               # and the other way round
 
 
 def test_bad_checkpoints(tmp_path):
