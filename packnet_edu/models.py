@@ -2,8 +2,10 @@
 
 - `small_vgg`: a VGG-style CNN for 28x28 grayscale images that trains on a
   laptop CPU; its first layer has 5x5 kernels (the notebooks follow one).
-- `vgg16`: torchvision's VGG-16 laid out as in the paper: features, fc6 and
-  fc7 shared and packed; a separate classifier (fc8) per task.
+- `vgg16`: torchvision's VGG-16 (or VGG-16-BN) laid out as in the paper:
+  features, fc6 and fc7 shared and packed; a separate classifier (fc8) per task.
+- `resnet50`, `densenet121`: the original code's other two networks, laid
+  out the same way (every convolution packed, the classifier per task).
 """
 from __future__ import annotations
 
@@ -58,46 +60,93 @@ def small_vgg(num_classes: Sequence[int], width: int = 16, batch_norm: bool = Tr
     return MultiHeadNet(trunk, feature_dim, num_classes)
 
 
-def vgg16(num_classes: Sequence[int], weights: Union[None, str, Path] = None,
-          batch_norm: bool = False) -> MultiHeadNet:
-    """VGG-16 (or VGG-16-BN) with one head per task.
-
-    weights: None (random init), "imagenet" (torchvision's ImageNet weights,
-    downloaded once into the torch hub cache), or the path of a saved
-    torchvision VGG state dict (for machines without internet). With
-    ImageNet weights and `num_classes[0] == 1000`, task 1's head is the
-    pretrained fc8, so task 1 *is* ImageNet, as in the paper.
-    """
+def _torchvision_net(name: str, weights: Union[None, str, Path]) -> nn.Module:
+    """torchvision's network `name` (see TORCHVISION): random (None), with
+    ImageNet weights from torchvision's weight enum ("imagenet", downloaded once
+    into the torch hub cache), or from a saved state dict (machines without
+    internet)."""
     from torchvision import models
 
-    builder = models.vgg16_bn if batch_norm else models.vgg16
-    enum = models.VGG16_BN_Weights if batch_norm else models.VGG16_Weights
-    net = builder(weights=enum.IMAGENET1K_V1 if weights == "imagenet" else None)
+    builder, enum, title = TORCHVISION[name]
+    enum = getattr(models, enum)
+    net = getattr(models, builder)(weights=enum.IMAGENET1K_V1 if weights == "imagenet" else None)
     if weights not in (None, "imagenet"):
         path = Path(weights)
         if not path.is_file():
-            raise FileNotFoundError(f"VGG-16 weights file {path} not found: pass a state dict saved "
-                                    "with torch.save(torchvision.models.vgg16(...).state_dict(), path)")
+            raise FileNotFoundError(f"{title} weights file {path} not found: pass a state dict saved "
+                                    f"with torch.save(torchvision.models.{builder}(...).state_dict(), path)")
         state = torch.load(path, map_location="cpu", weights_only=True)
         try:
             net.load_state_dict(state)
-        except RuntimeError as err:
-            raise ValueError(f"{path} is not a torchvision VGG-16{'-BN' if batch_norm else ''} "
-                             f"state dict ({str(err).splitlines()[0]})") from None
-    fc8 = net.classifier[6]
+        except (RuntimeError, AttributeError) as err:
+            raise ValueError(f"{path} is not a torchvision {title} state dict "
+                             f"({str(err).splitlines()[0]})") from None
+    return net
+
+
+# model name -> (torchvision builder, its weight enum, the name in messages).
+# IMAGENET1K_V1 everywhere: the weights the original PackNet code started from.
+TORCHVISION = {"vgg16": ("vgg16", "VGG16_Weights", "VGG-16"),
+               "vgg16_bn": ("vgg16_bn", "VGG16_BN_Weights", "VGG-16-BN"),
+               "resnet50": ("resnet50", "ResNet50_Weights", "ResNet-50"),
+               "densenet121": ("densenet121", "DenseNet121_Weights", "DenseNet-121")}
+
+
+def _multi_head(trunk: nn.Module, fc: nn.Linear, num_classes: Sequence[int], pretrained: bool) -> MultiHeadNet:
+    """One head per task on `trunk`. With pretrained weights and
+    `num_classes[0] == 1000`, task 1's head is the pretrained classifier, so
+    task 1 *is* ImageNet, as in the paper."""
+    model = MultiHeadNet(trunk, fc.in_features, num_classes)
+    if pretrained and num_classes and num_classes[0] == fc.out_features:
+        model.heads[0] = fc
+    return model
+
+
+def vgg16(num_classes: Sequence[int], weights: Union[None, str, Path] = None,
+          batch_norm: bool = False) -> MultiHeadNet:
+    """VGG-16 (or VGG-16-BN) with one head per task: features, fc6 and fc7
+    shared and packed; fc8 per task.
+
+    weights: None (random init), "imagenet" (torchvision's ImageNet weights)
+    or the path of a saved torchvision VGG state dict.
+    """
+    net = _torchvision_net("vgg16_bn" if batch_norm else "vgg16", weights)
     trunk = nn.Sequential(OrderedDict(
         features=net.features, avgpool=net.avgpool, flatten=nn.Flatten(),
         fc=net.classifier[:6]))    # fc6, ReLU, Dropout, fc7, ReLU, Dropout
-    model = MultiHeadNet(trunk, fc8.in_features, num_classes)
-    if weights is not None and num_classes and num_classes[0] == fc8.out_features:
-        model.heads[0] = fc8
-    return model
+    return _multi_head(trunk, net.classifier[6], num_classes, weights is not None)
+
+
+def resnet50(num_classes: Sequence[int], weights: Union[None, str, Path] = None) -> MultiHeadNet:
+    """ResNet-50 with one head per task: every convolution shared and packed
+    (the original code's layout); the final fc per task. Its BatchNorm layers
+    are trained with task 1 and frozen after it (the engine does this).
+    `weights` as for `vgg16`."""
+    net = _torchvision_net("resnet50", weights)
+    trunk = nn.Sequential(OrderedDict(
+        [(n, m) for n, m in net.named_children() if n != "fc"] + [("flatten", nn.Flatten())]))
+    return _multi_head(trunk, net.fc, num_classes, weights is not None)
+
+
+def densenet121(num_classes: Sequence[int], weights: Union[None, str, Path] = None) -> MultiHeadNet:
+    """DenseNet-121 with one head per task: `features` shared and packed, the
+    classifier per task; BatchNorm as for `resnet50`. The trunk ends as
+    torchvision's forward does: ReLU, global average pooling, flatten.
+    `weights` as for `vgg16`."""
+    net = _torchvision_net("densenet121", weights)
+    trunk = nn.Sequential(OrderedDict(
+        features=net.features, relu=nn.ReLU(inplace=True), avgpool=nn.AdaptiveAvgPool2d(1),
+        flatten=nn.Flatten()))
+    return _multi_head(trunk, net.classifier, num_classes, weights is not None)
+
+
+BUILDERS = {"small_vgg": small_vgg, "vgg16": vgg16,
+            "vgg16_bn": lambda n, **kw: vgg16(n, batch_norm=True, **kw),
+            "resnet50": resnet50, "densenet121": densenet121}
 
 
 def build_model(name: str, num_classes: Sequence[int], **kwargs) -> MultiHeadNet:
     """Model by name, as the config and the command line name it."""
-    builders = {"small_vgg": small_vgg, "vgg16": vgg16,
-                "vgg16_bn": lambda n, **kw: vgg16(n, batch_norm=True, **kw)}
-    if name not in builders:
-        raise ValueError(f"unknown model {name!r}: choose one of {sorted(builders)}")
-    return builders[name](num_classes, **kwargs)
+    if name not in BUILDERS:
+        raise ValueError(f"unknown model {name!r}: choose one of {sorted(BUILDERS)}")
+    return BUILDERS[name](num_classes, **kwargs)
