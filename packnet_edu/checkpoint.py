@@ -7,9 +7,8 @@ task names, the config, and, for a run in progress, what is needed to resume.
 """
 from __future__ import annotations
 
+import hashlib
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Union
 
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from .engine import STATE_VERSION, PackNet
+from .fileio import atomic_write
 from .models import MultiHeadNet, build_model
 
 FORMAT = "packnet_edu.checkpoint"
@@ -70,25 +70,43 @@ def make_checkpoint(model: MultiHeadNet, engine: PackNet, config: dict, task_nam
         "owner": {name: {"shape": list(o.shape), "bits": bits, "packed": pack_owner(o.cpu(), bits)}
                   for name, o in engine.owner.items()},
         "progress": progress,
+        # CPU results depend on the thread count (reductions split differently):
+        # recorded so that --resume can warn when it changes.
+        "threads": torch.get_num_threads(),
     }
 
 
+def checksum(obj) -> str:
+    """sha256 of everything in a checkpoint but its own "checksum" entry: every
+    tensor's dtype, shape and bytes and every other value's repr, in key order.
+    A flipped bit anywhere in the stored tensors changes it."""
+    h = hashlib.sha256()
+
+    def feed(x, where: str) -> None:
+        if isinstance(x, dict):
+            for k in sorted(x, key=str):
+                if not (where == "" and k == "checksum"):
+                    feed(x[k], f"{where}/{k}")
+        elif isinstance(x, (list, tuple)):
+            h.update(f"{where}:{type(x).__name__}{len(x)}".encode())
+            for i, v in enumerate(x):
+                feed(v, f"{where}/{i}")
+        elif isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{where}:{t.dtype}{tuple(x.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy() if t.numel() else b"")
+        else:
+            h.update(f"{where}={x!r}".encode())
+    feed(obj, "")
+    return h.hexdigest()
+
+
 def save(ckpt: dict, path: Union[str, Path]) -> Path:
-    """Write atomically: a temporary file in the same folder, then rename, so a
-    run killed mid-write leaves the previous checkpoint intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write atomically (fileio.atomic_write), so a run killed mid-write or a
+    full disk leaves the previous checkpoint intact, with a checksum that load
+    verifies. Raises fileio.WriteError (an OSError) saying what to do."""
+    ckpt = dict(ckpt, checksum=checksum(ckpt))
+    return atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
 def load(path: Union[str, Path], kind: Optional[str] = None) -> dict:
@@ -110,6 +128,11 @@ def load(path: Union[str, Path], kind: Optional[str] = None) -> dict:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format version {version}, newer than this "
                               f"packnet_edu reads ({FORMAT_VERSION}): upgrade packnet_edu")
+    stored = ckpt.get("checksum")        # files written before checksums existed have none
+    if stored is not None and stored != checksum(ckpt):
+        raise CheckpointError(f"{path} is corrupt: its contents do not match the checksum stored "
+                              "when it was written (a damaged disk or copy?); use another copy or an "
+                              "earlier checkpoint, or run again")
     return ckpt
 
 
@@ -177,6 +200,9 @@ EXPORT_FORMAT = "packnet_edu.export"
 
 def export_task_file(ckpt_path: Union[str, Path], task: int, out: Union[str, Path]) -> Path:
     """Write task `task` of a checkpoint as a standalone model file."""
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder: give a file name, e.g. {out / f'task{task}.pt'}")
     ckpt = load(ckpt_path)
     model, engine = restore(ckpt)
     try:

@@ -1,36 +1,128 @@
-"""Runs that write results to an output folder: PackNet with checkpoints and resume."""
+"""Runs that write results to an output folder: PackNet with checkpoints and resume.
+
+An output folder has one writer at a time (fileio.FolderLock on OUT/.lock)
+and every file in it is written atomically. A folder holding a run is never
+silently reused: a finished run is refused unless `overwrite`, an
+interrupted one is continued with `resume` (or restarted with `overwrite`).
+`overwrite` only ever replaces the files a run writes (checkpoint.pt,
+results.json); nothing else in the folder is touched.
+"""
 from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
+
+import torch
 
 from . import checkpoint as ck
+from .fileio import FolderLock, atomic_write, remove_leftover_temp_files
 from .report import accuracy_table, ownership_table
 from .train import LOCAL, Config, Runtime, run_packnet
 
+RUN_FILES = ("checkpoint.pt", "results.json")
+REPORT_FILES = ("results.json", "matrices.csv", "report.md")
+
+
+class RunFolderError(ValueError):
+    """An output folder that cannot be used as asked; the message says what to do."""
+
+
+class ThreadCountWarning(UserWarning):
+    """A run resumed with another CPU thread count than it was checkpointed with."""
+
+
+def _write_json(path: Path, obj) -> None:
+    atomic_write(path, json.dumps(obj, indent=1))
+
+
+def run_folder_state(out: Path) -> str:
+    """'new', 'interrupted' (a checkpoint with progress), 'finished', or
+    'unreadable' (a checkpoint.pt that does not load)."""
+    out = Path(out)
+    if not (out / "checkpoint.pt").exists():
+        return "finished" if (out / "results.json").exists() else "new"
+    try:
+        ckpt = ck.load(out / "checkpoint.pt")
+    except ck.CheckpointError:
+        return "unreadable"
+    return "finished" if ckpt.get("progress") is None else "interrupted"
+
+
+def check_run_folder(out: Path, resume: bool = False, overwrite: bool = False) -> str:
+    """Refuse, before any training, a folder that holds a run the user did not
+    say to continue (`resume`) or replace (`overwrite`). Returns its state."""
+    out = Path(out)
+    state = run_folder_state(out)
+    if resume and overwrite:
+        raise RunFolderError("--resume continues the run in the folder, --overwrite starts it again: "
+                             "pass one of them")
+    if resume:
+        if state == "new":
+            raise RunFolderError(f"--resume: no checkpoint in {out} ({out / 'checkpoint.pt'} is missing), "
+                                 "so nothing to resume; run without --resume to start")
+        if state == "finished":
+            raise RunFolderError(f"{out / 'checkpoint.pt'} holds a finished run; nothing to resume "
+                                 "(its results are in results.json; --overwrite runs it again)")
+        if state == "unreadable":
+            ck.load(out / "checkpoint.pt")        # raises, saying why
+    elif state != "new" and not overwrite:
+        what = {"finished": "a finished run", "interrupted": "an interrupted run (continue it with --resume)",
+                "unreadable": f"an unreadable checkpoint.pt"}[state]
+        raise RunFolderError(f"{out} already holds {what}: choose another --out, or pass --overwrite to "
+                             "replace its checkpoint.pt and results.json")
+    return state
+
+
+def _warn_thread_count(ckpt: dict, cfg: Config) -> None:
+    saved, now = ckpt.get("threads"), torch.get_num_threads()
+    if saved is not None and saved != now and str(cfg.device).startswith("cpu"):
+        warnings.warn(f"this run was checkpointed with {saved} CPU threads and resumes with {now}: "
+                      "CPU results depend on the thread count, so the result may differ slightly from an "
+                      f"uninterrupted run; resume with OMP_NUM_THREADS={saved} to match it",
+                      ThreadCountWarning, stacklevel=3)
+
 
 def run_packnet_to(cfg: Config, out: Path, resume: bool = False, verbose: bool = True,
-                   runtime: Runtime = LOCAL, write: bool = True) -> dict:
+                   runtime: Runtime = LOCAL, write: bool = True, overwrite: bool = False) -> dict:
     """run_packnet with a checkpoint after every phase (OUT/checkpoint.pt, atomic)
-    and results in OUT/results.json. With `resume`, continues from the checkpoint.
-    `write=False` (the other ranks of a distributed run) reads but never writes."""
+    and results in OUT/results.json. With `resume`, continues from the checkpoint;
+    `overwrite` replaces a run already in OUT. The folder is checked (and locked)
+    before any training. `write=False` (the other ranks of a distributed run)
+    reads but never writes."""
     out = Path(out)
+    if resume and not (out / "checkpoint.pt").exists():
+        check_run_folder(out, resume, overwrite)    # raises: no folder created for nothing
+    lock = FolderLock(out, "packnet_edu run").acquire() if write else None
+    try:
+        return _run_locked(cfg, out, resume, verbose, runtime, write, overwrite)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(cfg, out: Path, resume, verbose, runtime, write, overwrite) -> dict:
     path = out / "checkpoint.pt"
+    if write:
+        remove_leftover_temp_files(out, RUN_FILES)      # from a process killed mid-write
+    state = check_run_folder(out, resume, overwrite)
     resume_from = None
     if resume:
         ckpt = ck.load(path)
-        if ckpt.get("progress") is None:
-            raise SystemExit(f"error: {path} holds a finished run; nothing to resume")
         if ckpt["config"] != cfg.to_dict():
             changed = sorted(k for k in ckpt["config"] if ckpt["config"][k] != cfg.to_dict().get(k))
-            raise SystemExit(f"error: --resume with a different config (changed: {changed}); "
-                             "use the same flags as the interrupted run")
+            raise RunFolderError(f"--resume with a different config (changed: {changed}); "
+                                 "use the same flags as the interrupted run")
+        _warn_thread_count(ckpt, cfg)
         resume_from = dict(ckpt["progress"], model=ckpt["model"],
                            engine=dict(ckpt["engine"], owner=ck.owner_maps(ckpt)))
         if verbose:
             print(f"resuming from {path}: task {resume_from['task']} after phase '{resume_from['phase']}'")
+    elif write and state != "new":          # overwrite: the old run's files go first, so the folder
+        for name in RUN_FILES:              # never pairs a new checkpoint with old results
+            (out / name).unlink(missing_ok=True)
 
     def save_phase(progress: dict, model, engine, task_names) -> None:
         ck.save(ck.make_checkpoint(model, engine, cfg.to_dict(), task_names, progress), path)
@@ -39,17 +131,22 @@ def run_packnet_to(cfg: Config, out: Path, resume: bool = False, verbose: bool =
                          verbose=verbose and write, runtime=runtime)
     if not write:
         return result
-    final = ck.make_checkpoint(result["model"], result["engine"], cfg.to_dict(), result["task_names"])
-    ck.save(final, path)
     summary = {k: result[k] for k in ("config", "task_names", "ratios", "matrix", "val",
                                       "outputs_identical", "owned", "seconds")}
-    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    summary["threads"] = torch.get_num_threads()
+    # results.json first, then the final checkpoint: killed in between, the
+    # checkpoint still holds the last phase's progress, so --resume finishes.
+    _write_json(out / "results.json", summary)
+    ck.save(ck.make_checkpoint(result["model"], result["engine"], cfg.to_dict(), result["task_names"]), path)
     return result
 
 
-def run_method_packnet_cli(cfg: Config, out: Path, resume: bool) -> int:
+def run_method_packnet_cli(cfg: Config, out: Path, resume: bool, overwrite: bool = False) -> int:
     t0 = time.time()
-    result = run_packnet_to(cfg, out, resume)
+    try:
+        result = run_packnet_to(cfg, out, resume, overwrite=overwrite)
+    except RunFolderError as err:
+        raise SystemExit(f"error: {err}") from None
     print()
     print("Test accuracy (%) of each task, PackNet:")
     print(accuracy_table(result["task_names"], result["matrix"], result["outputs_identical"]))
@@ -59,50 +156,78 @@ def run_method_packnet_cli(cfg: Config, out: Path, resume: bool) -> int:
     print(f"\nwrote {out}/checkpoint.pt and {out}/results.json in {time.time() - t0:.0f}s")
     return 0
 
+def parse_sweep(text: str) -> list:
+    """compare's --sweep: 'none' (or '') or comma-separated prune ratios in [0, 1)."""
+    if text.strip().lower() in ("", "none"):
+        return []
+    try:
+        ratios = [float(r) for r in text.split(",")]
+    except ValueError:
+        ratios = None
+    if ratios is None or not all(0.0 <= r < 1.0 for r in ratios):
+        raise RunFolderError(f"--sweep {text!r}: give prune ratios in [0, 1) separated by commas, "
+                             "e.g. 0.25,0.5,0.75, or 'none'")
+    return ratios
 
-def compare(cfg: Config, out: Path, methods=None, sweep=(0.25, 0.5, 0.75, 0.9), verbose: bool = True) -> dict:
+
+def compare(cfg: Config, out: Path, methods=None, sweep=(0.25, 0.5, 0.75, 0.9), verbose: bool = True,
+            overwrite: bool = False) -> dict:
     """Every method on the same tasks and budget; writes OUT/results.json,
     OUT/matrices.csv, OUT/report.md and figures. PackNet's run is checkpointed
-    (OUT/packnet/checkpoint.pt) and its forgetting checked bit for bit."""
+    (OUT/packnet/checkpoint.pt) and its forgetting checked bit for bit.
+    Every argument and the output folders are checked before any training."""
     from .baselines import METHODS, run_method
     from .metrics import average_accuracy, capacity_shares
-    from .report import comparison_markdown, matrices_csv
-    from .train import load_tasks
+    from .train import load_tasks, prune_schedule
     methods = list(methods or METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise RunFolderError(f"unknown method(s) {unknown}: choose from {', '.join(METHODS)}")
+    sweep = [float(r) for r in sweep]
+    sweep_cfgs = [Config(**dict(cfg.to_dict(), prune=r)) for r in sweep]    # invalid ratios fail here,
+    for c in sweep_cfgs:                                                    # not after the training
+        prune_schedule(c.prune, len(cfg.tasks))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tasks = load_tasks(cfg)
-    results = {"config": cfg.to_dict(), "task_names": [t.name for t in tasks], "methods": {}, "sweep": []}
-    for m in methods:
-        t0 = time.time()
-        if m == "packnet":
-            r = run_packnet_to(cfg, out / "packnet", verbose=False)
-            entry = {k: r[k] for k in ("matrix", "ratios", "outputs_identical")}
-            entry.update(shares=capacity_shares(r["owned"], len(tasks)), owned=r["owned"],
-                         mask_bits=ck.bits_for(r["engine"].num_tasks))
-        else:
-            entry = {"matrix": run_method(m, cfg, tasks)["matrix"]}
-        entry["seconds"] = time.time() - t0
-        results["methods"][m] = entry
-        if verbose:
-            print(f"{m:>16}: average accuracy {average_accuracy(entry['matrix']):6.2f}%  ({entry['seconds']:.0f}s)")
-    for ratio in sweep:
-        r = run_method("packnet", Config(**dict(cfg.to_dict(), prune=ratio)), tasks)
-        results["sweep"].append((ratio, average_accuracy(r["matrix"])))
-        if verbose:
-            print(f"  packnet prune {ratio:g}: average accuracy {results['sweep'][-1][1]:6.2f}%")
-    write_report(results, out)
+    with FolderLock(out, "packnet_edu compare"):
+        remove_leftover_temp_files(out, REPORT_FILES)
+        if (out / "results.json").exists() and not overwrite:
+            raise RunFolderError(f"{out} already holds a comparison (results.json): choose another --out, "
+                                 "or pass --overwrite to replace its report files and packnet/ run")
+        if "packnet" in methods:
+            check_run_folder(out / "packnet", overwrite=overwrite)
+        (out / "results.json").unlink(missing_ok=True)    # overwrite: no old report beside new runs
+        tasks = load_tasks(cfg)
+        results = {"config": cfg.to_dict(), "task_names": [t.name for t in tasks], "methods": {}, "sweep": []}
+        for m in methods:
+            t0 = time.time()
+            if m == "packnet":
+                r = run_packnet_to(cfg, out / "packnet", verbose=False, overwrite=overwrite)
+                entry = {k: r[k] for k in ("matrix", "ratios", "outputs_identical")}
+                entry.update(shares=capacity_shares(r["owned"], len(tasks)), owned=r["owned"],
+                             mask_bits=ck.bits_for(r["engine"].num_tasks))
+            else:
+                entry = {"matrix": run_method(m, cfg, tasks)["matrix"]}
+            entry["seconds"] = time.time() - t0
+            results["methods"][m] = entry
+            if verbose:
+                print(f"{m:>16}: average accuracy {average_accuracy(entry['matrix']):6.2f}%  ({entry['seconds']:.0f}s)")
+        for ratio, c in zip(sweep, sweep_cfgs):
+            r = run_method("packnet", c, tasks)
+            results["sweep"].append((ratio, average_accuracy(r["matrix"])))
+            if verbose:
+                print(f"  packnet prune {ratio:g}: average accuracy {results['sweep'][-1][1]:6.2f}%")
+        write_report(results, out)
     return results
 
 
 def write_report(results: dict, out: Path) -> None:
-    """results.json, matrices.csv, figures and report.md in `out`."""
+    """results.json, matrices.csv, figures and report.md in `out` (each atomically)."""
     from .report import comparison_markdown, matrices_csv
     out = Path(out)
     results["figures"] = comparison_figures(results, out)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "matrices.csv").write_text(matrices_csv(results))
-    (out / "report.md").write_text(comparison_markdown(results))
+    atomic_write(out / "matrices.csv", matrices_csv(results))
+    atomic_write(out / "report.md", comparison_markdown(results))
+    _write_json(out / "results.json", results)        # last: its presence means the report is complete
 
 
 def comparison_figures(results: dict, out: Path) -> list:
@@ -135,24 +260,48 @@ def comparison_figures(results: dict, out: Path) -> list:
     return files
 
 
-def compare_cli(args) -> int:
-    from .cli import config_from_args
+def compare_cli(args, cfg: Config) -> int:
     t0 = time.time()
-    results = compare(config_from_args(args), args.out, args.methods,
-                      [] if args.sweep in ("", "none") else [float(r) for r in args.sweep.split(",")])
+    try:
+        compare(cfg, args.out, args.methods, parse_sweep(args.sweep), overwrite=getattr(args, "overwrite", False))
+    except RunFolderError as err:
+        raise SystemExit(f"error: {err}") from None
     print((Path(args.out) / "report.md").read_text())
     print(f"wrote {args.out}/report.md, results.json, matrices.csv in {time.time() - t0:.0f}s")
     return 0
 
 
-def report_cli(args) -> int:
-    path = Path(args.results)
+def read_comparison(path: Path) -> dict:
+    """The results.json `compare` wrote (or the folder holding it), checked."""
+    path = Path(path)
     if path.is_dir():
         path = path / "results.json"
     try:
         results = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise SystemExit(f"error: cannot read {path}: {err}; pass the results.json that `compare` wrote")
-    write_report(results, path.parent)
-    print((path.parent / "report.md").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunFolderError(f"cannot read {path}: {err}; pass the results.json that `compare` wrote") from None
+    if isinstance(results, dict) and "matrix" in results and "methods" not in results:
+        raise RunFolderError(f"{path} holds the results of `run` (PackNet alone), not of `compare`: "
+                             "`report` rewrites a comparison; pass the results.json that `compare` wrote "
+                             "(`python -m packnet_edu info` describes a run's checkpoint)")
+    if not (isinstance(results, dict) and isinstance(results.get("methods"), dict)
+            and isinstance(results.get("task_names"), list) and "config" in results):
+        raise RunFolderError(f"{path} is not a comparison's results.json (it needs 'config', 'task_names' "
+                             "and 'methods'); pass the results.json that `compare` wrote")
+    return results
+
+
+def report_cli(args) -> int:
+    try:
+        results = read_comparison(args.results)
+        out = Path(args.results) if Path(args.results).is_dir() else Path(args.results).parent
+        with FolderLock(out, "packnet_edu report"):
+            try:
+                write_report(results, out)
+            except (KeyError, IndexError, TypeError, ValueError) as err:
+                raise RunFolderError(f"{out / 'results.json'} is incomplete or damaged "
+                                     f"({type(err).__name__}: {err}); run `compare` again") from None
+    except RunFolderError as err:
+        raise SystemExit(f"error: {err}") from None
+    print((out / "report.md").read_text())
     return 0
