@@ -17,7 +17,10 @@ selection uses validation only. Images are float tensors in [0, 1], shape
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -26,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+
+from .fileio import atomic_write
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 FASHION_DIRS = [Path("/usr/share/datasets/fashion-mnist")]
@@ -55,12 +60,44 @@ class Task:
 
 
 # ------------------------------------------------------------------ sources
+class DataFileError(DataMissingError):
+    """A data file that is there but unreadable or inconsistent; the message
+    names it and says how to get a good copy."""
+
+
 def _read_idx(path: Path) -> np.ndarray:
-    """An IDX file (the MNIST format), gzipped or not."""
-    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    """An IDX file (the MNIST format), gzipped or not (told by its first bytes,
+    not its name); a DataFileError for a truncated or foreign file."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as err:       # BadGzipFile is an OSError
+        raise DataFileError(f"{path} is damaged ({type(err).__name__}: {err})") from None
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08" or not 1 <= raw[3] <= 3:
+        raise DataFileError(f"{path} is not an IDX file of bytes (the MNIST format)")
     ndim = raw[3]
     shape = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    need = 4 + 4 * ndim + math.prod(shape)
+    if len(raw) != need:
+        raise DataFileError(f"{path} is truncated or damaged: its header promises {need:,} bytes "
+                            f"(shape {shape}), the file holds {len(raw):,}")
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def check_arrays(images: np.ndarray, labels: np.ndarray, num_classes: int, source) -> None:
+    """Images (N, H, W) and labels (N,) in 0..num_classes-1, or a DataFileError naming `source`."""
+    if images.ndim != 3 or labels.ndim != 1:
+        raise DataFileError(f"{source}: expected images of shape (N, H, W) and labels of shape (N,), "
+                            f"got {images.shape} and {labels.shape}")
+    if len(images) != len(labels):
+        raise DataFileError(f"{source}: {len(images)} images but {len(labels)} labels")
+    if len(labels) == 0:
+        raise DataFileError(f"{source}: no images")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise DataFileError(f"{source}: labels must lie in 0..{num_classes - 1}, found "
+                            f"{int(labels.min())}..{int(labels.max())}")
 
 
 def load_fashion_mnist(root: Optional[Path] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -72,8 +109,18 @@ def load_fashion_mnist(root: Optional[Path] = None) -> Tuple[np.ndarray, np.ndar
         files = {s: next(iter(sorted(d.glob(f"{s}-*idx*-ubyte*"))), None)
                  for s in ("train-images", "train-labels", "t10k-images", "t10k-labels")}
         if all(files.values()):
-            return tuple(_read_idx(files[s]).astype(np.int64 if "labels" in s else np.uint8)
-                         for s in ("train-images", "train-labels", "t10k-images", "t10k-labels"))
+            try:
+                xtr, ytr, xte, yte = (_read_idx(files[s]).astype(np.int64 if "labels" in s else np.uint8)
+                                      for s in ("train-images", "train-labels", "t10k-images", "t10k-labels"))
+                check_arrays(xtr, ytr, len(CLASSES["fashion"]), f"{files['train-images'].name} and "
+                             f"{files['train-labels'].name} in {d}")
+                check_arrays(xte, yte, len(CLASSES["fashion"]), f"{files['t10k-images'].name} and "
+                             f"{files['t10k-labels'].name} in {d}")
+            except DataFileError as err:
+                raise DataFileError(f"Fashion-MNIST: {err}; reinstall it (`sudo apt-get install --reinstall "
+                                    "dataset-fashion-mnist`) or point PACKNET_FASHION_MNIST to a good copy "
+                                    "of the four *-ubyte.gz files") from None
+            return xtr, ytr, xte, yte
     try:  # the usual download, where there is internet
         from torchvision.datasets import FashionMNIST
         train = FashionMNIST(DATA_DIR, train=True, download=True)
@@ -101,8 +148,15 @@ def load_animals() -> Tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise DataMissingError(f"{path} is missing: it ships with the repository; run "
                                "`python -m packnet_edu.data` after `pip install --no-deps animal-mnist==0.4`")
-    with np.load(path) as z:
-        images, labels = z["images"], z["labels"]
+    try:
+        with np.load(path) as z:
+            images, labels = z["images"], z["labels"]
+        check_arrays(images, labels, len(CLASSES["animals"]), path)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:  # DataFileError is an OSError
+        why = str(err) if isinstance(err, DataFileError) else f"{path} is damaged ({type(err).__name__}: {err})"
+        raise DataFileError(f"{why}; restore it with "
+                            f"`git checkout -- data/{path.name}`, or rebuild it with `python -m packnet_edu.data` "
+                            "after `pip install --no-deps animal-mnist==0.4`") from None
     # 284 of the 10,000 images are exact copies of others: keep the first of
     # each, so that no image can sit in both the training and the test split.
     _, first = np.unique(images.reshape(len(images), -1), axis=0, return_index=True)
@@ -125,8 +179,8 @@ def prepare_animals(dst: Path = DATA_DIR / "animal_silhouettes.npz") -> Path:
         images = np.asarray(pickle.load(f), dtype=np.uint8)
     with gzip.open(src / "animal_label_version_3.gz", "rb") as f:
         labels = np.asarray(pickle.load(f), dtype=np.int64)
-    np.savez_compressed(dst, images=images, labels=labels)
-    return dst
+    check_arrays(images, labels, len(CLASSES["animals"]), src)
+    return atomic_write(dst, lambda f: np.savez_compressed(f, images=images, labels=labels))
 
 
 def load_sklearn_digits() -> Tuple[np.ndarray, np.ndarray]:
@@ -185,6 +239,7 @@ def load_task(name: str, seed: int = 0, max_train: Optional[int] = None) -> Task
     if name not in loaders:
         raise ValueError(f"unknown task {name!r}: the offline tasks are {', '.join(TASK_NAMES)}")
     x, y = loaders[name]()
+    check_arrays(x, y, len(CLASSES[name]), name)
     train_idx, val_idx, test_idx = stratified_split(y, SPLIT_FRACTIONS, seed)
     train_idx = _subsample(train_idx, max_train, seed)
     return Task(name, CLASSES[name], *(_dataset(x[i], y[i]) for i in (train_idx, val_idx, test_idx)))
