@@ -6,80 +6,18 @@ so no hyperparameter is hard-coded here.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .train import Config
-
-
-def parse_prune(text: str):
-    """'paper', 'equal', '0.75' or '0.5,0.75,0.75,0'."""
-    if text in ("paper", "equal"):
-        return text
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--prune {text!r}: use 'paper', 'equal', a ratio such as 0.75, or one per task: 0.5,0.75,0.75,0")
-    return values[0] if len(values) == 1 else values
-
-
-def _optional_int(text: str) -> Optional[int]:
-    return None if text.lower() in ("none", "all") else int(text)
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per Config field, default None (= keep the config file's or default value)."""
-    parser.add_argument("--config", help="a named preset (paper-vgg16, paper-vgg16-bn) or a JSON file "
-                                         "of Config fields; flags override it")
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        kwargs = {"default": None, "help": f"(default: {default})"}
-        if f.name == "tasks":
-            kwargs.update(nargs="+")
-        elif f.name == "prune":
-            kwargs.update(type=parse_prune, help="'paper' (0.5, 0.75, ..., last 0), 'equal' (1 - 1/(T - t)), "
-                                                 "a ratio, or a comma list, one per task (default: paper)")
-        elif f.name in ("max_train", "lr_step", "first_task_epochs"):
-            kwargs.update(type=_optional_int)
-        elif isinstance(default, bool):
-            kwargs.update(type=lambda s: s.lower() in ("1", "true", "yes"))
-        elif isinstance(default, (int, float, str)):
-            kwargs.update(type=type(default))
-        parser.add_argument(flag, **kwargs)
+from . import config
+from .config import Config, add_config_flags
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    values = {}
-    name = getattr(args, "config", None)
-    if name:
-        presets = _presets()
-        if name in presets:
-            values = presets[name].to_dict()
-        else:
-            try:
-                values = json.loads(Path(name).read_text())
-            except (OSError, json.JSONDecodeError) as err:
-                raise SystemExit(f"error: --config {name} is neither a preset ({', '.join(presets) or 'none'}) "
-                                 f"nor a readable JSON file: {err}")
-        unknown = set(values) - {f.name for f in dataclasses.fields(Config)}
-        if unknown:
-            raise SystemExit(f"error: unknown keys in {args.config}: {sorted(unknown)}; "
-                             f"valid keys: {[f.name for f in dataclasses.fields(Config)]}")
-    for f in dataclasses.fields(Config):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            values[f.name] = v
-    return Config(**values)
-
-
-def _presets() -> dict:
-    from .presets import PRESETS      # imported late: presets imports train
-    return PRESETS
+    """The run's Config from its flags and --config (a preset name or a JSON file)."""
+    from .presets import PRESETS
+    return config.config_from_args(args, PRESETS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--sweep", default="0.25,0.5,0.75,0.9",
                       help="prune ratios for the accuracy-against-ratio curve ('none' to skip)")
     comp.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
-    comp.set_defaults(func=compare_cli)
+    comp.set_defaults(func=lambda a: compare_cli(a, config_from_args(a)))
 
     rep = sub.add_parser("report", help="rewrite report.md and figures from a results.json")
     rep.add_argument("results", type=Path, help="results.json or the folder holding it")
@@ -163,9 +101,27 @@ def cmd_export(args) -> int:
     return 0
 
 
+def user_errors() -> tuple:
+    """The exceptions that describe a wrong input, not a bug: shown as one line."""
+    from .checkpoint import CheckpointError
+    from .data import DataMissingError
+    from .engine import PackNetError
+    return (config.ConfigError, PackNetError, CheckpointError, DataMissingError)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except user_errors() as err:
+        raise SystemExit(f"error: {err}") from None
+    except KeyboardInterrupt:
+        resumable = getattr(args, "resume", None) is not None
+        raise SystemExit("interrupted" + ("; continue with the same command and --resume" if resumable else "")) \
+            from None
+    except OSError as err:       # disk full, no permission, ...: say which file and why
+        where = f" ({err.filename})" if err.filename else ""
+        raise SystemExit(f"error: {err.strerror or err}{where}") from None
 
 
 if __name__ == "__main__":

@@ -230,7 +230,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     """`torchrun --nproc_per_node N -m packnet_edu.distributed [run flags]`."""
     import argparse
     from pathlib import Path
-    from .cli import add_config_flags, config_from_args
+    from .config import add_config_flags, config_from_args
+    from .presets import PRESETS
     parser = argparse.ArgumentParser(prog="torchrun ... -m packnet_edu.distributed",
                                      description="PackNet with DistributedDataParallel (one process per GPU)")
     add_config_flags(parser)
@@ -239,7 +240,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if rank() != 0:
         os.environ.setdefault("TQDM_DISABLE", "1")
-    run_to(config_from_args(args), args.out, args.resume)
+    run_to(config_from_args(args, PRESETS), args.out, args.resume)
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict
 
-from .train import Config
+from .config import Config
 
 PAPER_TASKS = ("imagenet", "cubs", "cars", "flowers")
 
@@ -45,19 +45,3 @@ def preset(name: str, **overrides) -> Config:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
     return dataclasses.replace(PRESETS[name], **overrides)
-
-
-def paper_table(final_accuracy=None) -> str:
-    """The paper's table (top-1 error %) with a column for this run's PackNet
-    errors (100 - final test accuracy of each task), as markdown."""
-    from .report import PAPER_VGG16, fmt, markdown_table
-    columns = {"individual networks": "individual", "PackNet (0.5, 0.75, 0.75)": "packnet",
-               "released checkpoint": "released checkpoint"}
-    head = ["task", *columns] + (["this run (PackNet)"] if final_accuracy is not None else [])
-    rows = []
-    for j, title in enumerate(PAPER_VGG16["tasks"]):
-        row = [title] + [fmt(PAPER_VGG16[k][j]) for k in columns.values()]
-        if final_accuracy is not None:
-            row.append(fmt(100 - final_accuracy[j]) if j < len(final_accuracy) else "-")
-        rows.append(row)
-    return markdown_table(head, rows)

@@ -119,7 +119,6 @@ def comparison_markdown(results: dict) -> str:
                 markdown_table(["", *names], [[l] + [fmt(a) for a in row] for l, row in zip(label, R)]), ""]
     for fig in results.get("figures", []):
         out += [f"![{fig}]({fig})", ""]
-    from .presets import paper_table
     out += ["## For scale: the paper's VGG-16 (top-1 error %)", "", paper_table(), ""]
     return "\n".join(out)
 
@@ -134,3 +133,18 @@ def matrices_csv(results: dict) -> str:
             after = "all" if len(R) == 1 else names[i]
             lines += [f"{m},{after},{names[j]},{a:.4f}" for j, a in enumerate(row) if a is not None]
     return "\n".join(lines) + "\n"
+
+
+def paper_table(final_accuracy=None) -> str:
+    """The paper's table (top-1 error %) with a column for this run's PackNet
+    errors (100 - final test accuracy of each task), as markdown."""
+    columns = {"individual networks": "individual", "PackNet (0.5, 0.75, 0.75)": "packnet",
+               "released checkpoint": "released checkpoint"}
+    head = ["task", *columns] + (["this run (PackNet)"] if final_accuracy is not None else [])
+    rows = []
+    for j, title in enumerate(PAPER_VGG16["tasks"]):
+        row = [title] + [fmt(PAPER_VGG16[k][j]) for k in columns.values()]
+        if final_accuracy is not None:
+            row.append(fmt(100 - final_accuracy[j]) if j < len(final_accuracy) else "-")
+        rows.append(row)
+    return markdown_table(head, rows)

@@ -8,81 +8,18 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import TASK_NAMES, Task, as_rgb, make_loader, offline_sequence
+from .config import Config, PruneSpec, prune_schedule  # noqa: F401 (re-exported)
+from .data import Task, as_rgb, make_loader, offline_sequence
 from .engine import PackNet
 from .models import MultiHeadNet, build_model
-
-PruneSpec = Union[float, Sequence[float], str]
-
-
-@dataclass
-class Config:
-    """Every hyperparameter of a run. The defaults are the `make demo` run:
-    the paper's schedule, shrunk to train four tasks in about two minutes on a
-    2-core CPU."""
-    tasks: Sequence[str] = TASK_NAMES
-    model: str = "small_vgg"
-    width: int = 16                 # channels of small_vgg's first layer
-    prune: PruneSpec = "paper"      # see prune_schedule
-    epochs: int = 3                 # training epochs per task
-    first_task_epochs: Optional[int] = None  # task 1's (None: `epochs`; 0 for a pretrained task 1)
-    retrain_epochs: int = 1         # post-prune fine-tuning epochs
-    lr: float = 0.01
-    retrain_lr: float = 0.001
-    lr_step: Optional[int] = None   # multiply lr by 0.1 every lr_step epochs
-    momentum: float = 0.9
-    weight_decay: float = 0.0       # any value is safe: the engine restores frozen weights
-    batch_size: int = 64
-    max_train: Optional[int] = 10000  # cap on each task's training split (None: all)
-    seed: int = 0
-    device: str = "cpu"
-    amp: bool = False               # bf16 autocast (CUDA)
-    channels_last: bool = False     # NHWC weights: the layout GPU convolutions are fastest in
-    workers: int = 0                # data loader processes (image folders; tensors need none)
-    data_root: Optional[str] = None  # where prepared image datasets live (VGG-16 pipeline)
-    weights: Optional[str] = None   # VGG-16 start: None, "imagenet" or a state-dict file
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["tasks"] = list(self.tasks)
-        if isinstance(self.prune, (list, tuple)):
-            d["prune"] = list(self.prune)
-        return d
-
-
-def prune_schedule(spec: PruneSpec, num_tasks: int) -> List[float]:
-    """The prune ratio of each task, in one place.
-
-    "paper": the paper's schedule: first task 0.5, later tasks 0.75, the last
-             task not pruned (it keeps every weight that is left);
-    "equal": equal capacity for every task, ratio_t = 1 - 1/(T - t), t from 0;
-    a number r: r for every task but the last, which is not pruned;
-    a list: one ratio per task.
-    """
-    if spec == "paper":
-        ratios = [0.5] + [0.75] * (num_tasks - 2) + [0.0] if num_tasks > 1 else [0.0]
-    elif spec == "equal":
-        ratios = [1.0 - 1.0 / (num_tasks - t) for t in range(num_tasks)]
-    elif isinstance(spec, (int, float)):
-        ratios = [float(spec)] * (num_tasks - 1) + [0.0]
-    elif isinstance(spec, (list, tuple)):
-        ratios = [float(r) for r in spec]
-        if len(ratios) != num_tasks:
-            raise ValueError(f"{len(ratios)} prune ratios for {num_tasks} tasks: give one per task")
-    else:
-        raise ValueError(f"prune schedule {spec!r}: use 'paper', 'equal', a number or a list")
-    bad = [r for r in ratios if not 0.0 <= r < 1.0]
-    if bad:
-        raise ValueError(f"prune ratios must lie in [0, 1), got {bad}")
-    return ratios
 
 
 # ------------------------------------------------------------ the loop
