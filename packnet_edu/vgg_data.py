@@ -34,7 +34,10 @@ import argparse
 import json
 import os
 import shutil
+import tarfile
 import tempfile
+import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +46,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .data import DataMissingError, Task
+from .fileio import atomic_write
 
 PathLike = Union[str, Path]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -155,14 +159,43 @@ def read_meta(name: str, root: PathLike) -> dict:
     return meta
 
 
-def check(root: PathLike, names: Sequence[str] = NAMES) -> Dict[str, dict]:
-    """Counts of every prepared dataset under `root` (raises DatasetError for a bad one)."""
+def check(root: PathLike, names: Sequence[str] = NAMES, sample: int = 16) -> Dict[str, dict]:
+    """Counts of every prepared dataset under `root`, checked against its
+    classes.json, with `sample` images of each split (evenly spaced, first and
+    last included) opened and decoded. Raises DatasetError for a bad one."""
     out = {}
     for name in names:
         task = load_image_task(name, root)
-        out[name] = {"classes": task.num_classes, **{s: len(getattr(task, s)) for s in SPLITS},
-                     "expected_classes": DATASETS[name].num_classes}
+        counts = {s: len(getattr(task, s)) for s in SPLITS}
+        recorded = read_meta(name, root).get("counts")
+        if recorded is not None and recorded != counts:
+            raise DatasetError(f"{Path(root) / name} holds {counts} images but its classes.json recorded "
+                               f"{recorded}: files were added or removed since it was prepared; prepare it "
+                               "again with --force")
+        for split in SPLITS:
+            check_images(getattr(task, split).samples, sample, name, root)
+        out[name] = {"classes": task.num_classes, **counts, "expected_classes": DATASETS[name].num_classes,
+                     "opened": sum(min(sample, n) for n in counts.values())}
     return out
+
+
+def check_images(samples: Sequence[Tuple[str, int]], sample: int, name: str, root: PathLike) -> None:
+    """Open and decode `sample` evenly spaced images of (path, label) `samples`."""
+    from PIL import Image
+    if not samples or sample <= 0:
+        return
+    picks = sorted(set(np.linspace(0, len(samples) - 1, min(sample, len(samples))).round().astype(int)))
+    for i in picks:
+        path = samples[i][0]
+        try:
+            with Image.open(path) as im:
+                im.load()
+        except FileNotFoundError:
+            raise DatasetError(f"{path} is missing (a link to an original image that was moved or deleted?): "
+                               f"restore the source, then prepare {name} again with --force") from None
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            raise DatasetError(f"{path} is not a readable image ({type(err).__name__}: {err}): prepare {name} "
+                               f"again with --force") from None
 
 
 # ------------------------------------------------------------------ sources
@@ -183,8 +216,10 @@ class _Source:
             for a in archives:
                 try:
                     shutil.unpack_archive(str(a), str(scratch))
-                except (shutil.ReadError, ValueError, OSError) as err:
-                    raise DatasetError(f"{name}: cannot unpack {a} ({err}); expected "
+                except (shutil.ReadError, ValueError, OSError, EOFError, tarfile.TarError,
+                        zipfile.BadZipFile, zlib.error) as err:     # a truncated .tgz ends in EOFError
+                    raise DatasetError(f"{name}: cannot unpack {a} ({type(err).__name__}: {err}): the archive "
+                                       f"is damaged or incomplete; download it again. Expected "
                                        f"{DATASETS[name].expected}") from None
             roots += [scratch / subdir, scratch]
         self.roots = [r for r in roots if r.is_dir()]
@@ -207,6 +242,22 @@ def _lines(path: Path, fields: int, what: str) -> List[List[str]]:
             raise DatasetError(f"{path} line {i}: expected {what} ({fields} fields), got {line!r}")
         rows.append(parts)
     return rows
+
+
+def _number(text: str, kind, path: Path, image_id: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise DatasetError(f"{path}: {text!r} (for id {image_id}) is not a{'n integer' if kind is int else ' number'}") from None
+
+
+def _cub_box(row: List[str], path: Path) -> Tuple[float, float, float, float]:
+    """A bounding_boxes.txt row's (x, y, width, height): finite, with positive size."""
+    x, y, w, h = (_number(v, float, path, row[0]) for v in row[1:])
+    if not all(np.isfinite([x, y, w, h])) or w <= 0 or h <= 0:
+        raise DatasetError(f"{path}: image {row[0]} has the box x={x} y={y} width={w} height={h}: "
+                           "finite numbers with a positive width and height expected")
+    return x, y, w, h
 
 
 def _loadmat(path: Path, name: str) -> dict:
@@ -248,17 +299,24 @@ Item = Tuple[Path, int, Optional[Tuple[int, int, int, int]], str]
 
 
 def _write(item: Item, split_dir: Path, dirs: List[str], link: bool) -> None:
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
     src, label, box, out_name = item
     out = split_dir / dirs[label] / out_name
+    try:
+        im = Image.open(src)      # reads the header only: a file that is not an image fails here
+        if box is not None:
+            im = im.convert("RGB")    # decodes: a truncated image fails here
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DatasetError(f"{src} is not a readable image ({type(err).__name__}: {err}); replace it with "
+                           "a good copy (or download the dataset again), then prepare again") from None
     if box is None:
+        im.close()
         if link:
             os.symlink(os.path.abspath(src), out)
         else:
             shutil.copyfile(src, out)
         return
-    with Image.open(src) as im:
-        im = im.convert("RGB")
+    with im:
         w, h = im.size
         x0, y0, x1, y1 = max(0, box[0]), max(0, box[1]), min(w, box[2]), min(h, box[3])
         if x1 <= x0 or y1 <= y0:
@@ -271,6 +329,11 @@ def _write_dataset(name: str, root: PathLike, classes: List[str], dirs: List[str
                    workers: int, force: bool, scratch: Path) -> Path:
     """Write root/name atomically: into a hidden folder, renamed at the end."""
     final = Path(root) / name
+    empty = [s for s in SPLITS if not splits.get(s)]
+    if empty:
+        raise DatasetError(f"{name}: the source {source} lists no {' or '.join(empty)} images (empty or "
+                           f"incomplete annotation files?); expected {DATASETS[name].expected}")
+    _check_replaceable(name, final, force)
     tmp = scratch / "out"
     for split, items in splits.items():
         for d in dirs:
@@ -280,14 +343,48 @@ def _write_dataset(name: str, root: PathLike, classes: List[str], dirs: List[str
     counts = {s: len(items) for s, items in splits.items()}
     meta = {"format": FORMAT_VERSION, "dataset": name, "classes": classes, "dirs": dirs, "counts": counts,
             "cropped": DATASETS[name].cropped, "source": str(Path(source).resolve()), "seed": seed}
-    (tmp / "classes.json").write_text(json.dumps(meta, indent=1))
-    if final.exists():
-        if not force:
-            raise DatasetError(f"{final} already exists: pass --force (force=True) to replace it")
-        shutil.rmtree(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(tmp), str(final))
+    atomic_write(tmp / "classes.json", json.dumps(meta, indent=1))
+    _check_replaceable(name, final, force)       # again: it may have appeared while we worked
+    if final.exists():                           # moved into the scratch folder, deleted with it,
+        os.replace(final, scratch / "old")       # once the new one is in place
+    os.replace(tmp, final)
     return final
+
+
+def _check_replaceable(name: str, final: Path, force: bool) -> None:
+    """`final` may be written: it does not exist, or it is a dataset this
+    package prepared and `force` says to replace it. A folder of anything
+    else is never replaced."""
+    if not (final.exists() or final.is_symlink()):
+        return
+    try:
+        ours = final.is_dir() and not final.is_symlink() and \
+            json.loads((final / "classes.json").read_text()).get("dataset") == name
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise DatasetError(f"{final} already exists and is not a {name} dataset prepared by packnet_edu "
+                           "(no matching classes.json): move it away or choose another --dst")
+    if not force:
+        raise DatasetError(f"{final} already exists: pass --force (force=True) to replace it")
+
+
+def _check_request(name: str, src: PathLike, root: PathLike, val_fraction: Optional[float],
+                   force: bool) -> None:
+    """Refuse, before any work, a request that would lose data or cannot make
+    a dataset: an output folder that is, holds, or lies inside the source
+    (replacing it would delete the originals), one that exists and may not be
+    replaced, or a --val-fraction outside (0, 1)."""
+    if val_fraction is not None and not (isinstance(val_fraction, (int, float))
+                                         and 0.0 < float(val_fraction) < 1.0):
+        raise DatasetError(f"--val-fraction {val_fraction}: give the share of each class's training images "
+                           "to hold out for validation, a number between 0 and 1 (exclusive), e.g. 0.1")
+    source, final = Path(src).resolve(), (Path(root) / name).resolve()
+    if source == final or source in final.parents or final in source.parents:
+        raise DatasetError(f"{name}: the source {src} and the output {Path(root) / name} overlap, so preparing "
+                           "could overwrite or delete the original files: choose a --dst outside the source "
+                           "(and not inside it)")
+    _check_replaceable(name, Path(root) / name, force)
 
 
 def _with_val(name: str, train: List[Item], val_fraction: Optional[float], seed: int) -> Tuple[List[Item], List[Item]]:
@@ -305,14 +402,21 @@ def _scratch(root: PathLike):
 def prepare_cubs(src: PathLike, root: PathLike, val_fraction: Optional[float] = None, seed: int = 0,
                  workers: int = 4, force: bool = False) -> Path:
     """CUB-200-2011 -> root/cubs, every image cropped to its bounding box."""
+    _check_request("cubs", src, root, val_fraction, force)
     with _scratch(root) as scratch:
         s = _Source(src, "CUB_200_2011", "cubs", Path(scratch) / "src")
         paths = dict(_lines(s.find("images.txt"), 2, "'<image id> <path>'"))
-        labels = {i: int(c) for i, c in _lines(s.find("image_class_labels.txt"), 2, "'<image id> <class id>'")}
+        labels = {i: _number(c, int, s.find("image_class_labels.txt"), i)
+                  for i, c in _lines(s.find("image_class_labels.txt"), 2, "'<image id> <class id>'")}
         class_rows = _lines(s.find("classes.txt"), 2, "'<class id> <class name>'")
-        boxes = {r[0]: tuple(float(v) for v in r[1:])
+        boxes = {r[0]: _cub_box(r, s.find("bounding_boxes.txt"))
                  for r in _lines(s.find("bounding_boxes.txt"), 5, "'<image id> <x> <y> <width> <height>'")}
-        is_train = {i: f == "1" for i, f in _lines(s.find("train_test_split.txt"), 2, "'<image id> <0|1>'")}
+        split_rows = _lines(s.find("train_test_split.txt"), 2, "'<image id> <0|1>'")
+        bad = [i for i, f in split_rows if f not in ("0", "1")]
+        if bad:
+            raise DatasetError(f"cubs: train_test_split.txt marks image {bad[0]} with "
+                               f"{dict(split_rows)[bad[0]]!r}: 1 (train) or 0 (test) expected")
+        is_train = {i: f == "1" for i, f in split_rows}
         images = s.find("images", "dir")
         ids = sorted(paths, key=int)
         for what, table in (("image_class_labels.txt", labels), ("bounding_boxes.txt", boxes),
@@ -321,7 +425,7 @@ def prepare_cubs(src: PathLike, root: PathLike, val_fraction: Optional[float] = 
             if missing:
                 raise DatasetError(f"cubs: {what} has no line for image ids {missing[:5]} "
                                    f"({len(missing)} of {len(ids)}): a complete CUB_200_2011 folder is expected")
-        class_ids = [int(r[0]) for r in class_rows]
+        class_ids = [_number(r[0], int, s.find("classes.txt"), r[0]) for r in class_rows]
         index = {c: k for k, c in enumerate(class_ids)}
         classes = [r[1].split(".", 1)[-1].replace("_", " ") for r in class_rows]
         dirs = [f"{k:04d}_{_slug(r[1])}" for k, r in enumerate(class_rows)]
@@ -359,6 +463,7 @@ def _cars_items(annos, images: Path, index_of, mat: Path) -> List[Item]:
 def prepare_cars(src: PathLike, root: PathLike, val_fraction: Optional[float] = None, seed: int = 0,
                  workers: int = 4, force: bool = False) -> Path:
     """Stanford Cars -> root/cars, every image cropped to its bounding box."""
+    _check_request("cars", src, root, val_fraction, force)
     with _scratch(root) as scratch:
         s = _Source(src, "stanford_cars", "cars", Path(scratch) / "src")
         meta_path = s.find("devkit/cars_meta.mat")
@@ -391,6 +496,7 @@ def prepare_flowers(src: PathLike, root: PathLike, seed: int = 0, workers: int =
     if val_fraction is not None:
         raise DatasetError("flowers uses its official validation split (setid.mat 'valid'); "
                            "--val-fraction does not apply")
+    _check_request("flowers", src, root, None, force)
     if download:
         from torchvision.datasets import Flowers102
         for split in SPLITS:
@@ -401,6 +507,9 @@ def prepare_flowers(src: PathLike, root: PathLike, seed: int = 0, workers: int =
         labels = np.atleast_1d(_mat_field(_loadmat(lp, "flowers"), "labels", lp, "flowers")).astype(int)
         setid = _loadmat(sp, "flowers")
         images = s.find("jpg", "dir")
+        if labels.size == 0 or labels.min() < 1:
+            found = "no labels" if labels.size == 0 else f"label {labels.min()}"
+            raise DatasetError(f"flowers: {lp} 'labels' must hold one class (1..102) per image; found {found}")
         n = int(labels.max())
         if n == 102:
             from torchvision.datasets import Flowers102
@@ -443,6 +552,7 @@ def prepare_imagenet(src: PathLike, root: PathLike, val_fraction: Optional[float
     1%), val = that held-out part, test = the official validation set. Images
     are symlinked (`link`, the default: 140 GB need not be copied) or copied."""
     src = Path(src)
+    _check_request("imagenet", src, root, val_fraction, force)
     if not src.is_dir():
         raise DatasetError(f"imagenet: {src} is not a folder; expected {DATASETS['imagenet'].expected}")
     base = _imagenet_folder(src)
@@ -492,10 +602,10 @@ def add_data_command(sub) -> None:
     prep.add_argument("--src", type=Path, required=True, help="the original archive or folder (see above)")
     prep.add_argument("--dst", type=Path, required=True, help="the data root: writes DST/<name>/ "
                                                               "(pass the same folder as --data-root)")
-    prep.add_argument("--val-fraction", type=float, default=None,
+    prep.add_argument("--val-fraction", type=_fraction, default=None,
                       help="share of each class's training images held out for validation "
                            "(default: imagenet 0.01, cubs and cars 0.1; flowers has an official split)")
-    prep.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    prep.add_argument("--seed", type=_count, default=0, help="seed of the validation split")
     prep.add_argument("--workers", type=int, default=4, help="threads decoding and cropping images")
     prep.add_argument("--force", action="store_true", help="replace an existing DST/<name>")
     prep.add_argument("--copy", action="store_true", help="imagenet: copy images instead of symlinking them")
@@ -504,8 +614,30 @@ def add_data_command(sub) -> None:
     prep.set_defaults(func=cmd_prepare)
     chk = dsub.add_parser("check", help="load prepared datasets and print their sizes")
     chk.add_argument("--root", type=Path, required=True)
+    chk.add_argument("--sample", type=_count, default=16,
+                     help="images of each split opened and decoded (0: none; default 16)")
     chk.add_argument("names", nargs="*", help=f"datasets to check (default: those present; any of {', '.join(NAMES)})")
     chk.set_defaults(func=cmd_check)
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number, 0 or more")
+    return n
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number between 0 and 1 (exclusive), e.g. 0.1")
+    return v
 
 
 def cmd_prepare(args) -> int:
@@ -538,11 +670,11 @@ def cmd_check(args) -> int:
         raise SystemExit(f"error: no prepared dataset in {args.root} (expected folders named "
                          f"{', '.join(NAMES)}); run `python -m packnet_edu data prepare ...` first")
     try:
-        counts = check(args.root, names)
+        counts = check(args.root, names, args.sample)
     except (DataMissingError, ValueError) as err:
         raise SystemExit(f"error: {err}")
     for name, c in counts.items():
         note = "" if c["classes"] == c["expected_classes"] else f"  (the real dataset has {c['expected_classes']})"
         print(f"{name:9s} {c['classes']:5d} classes  train {c['train']:8d}  val {c['val']:6d}  "
-              f"test {c['test']:6d}{note}")
+              f"test {c['test']:6d}  ({c['opened']} images opened){note}")
     return 0

@@ -159,7 +159,7 @@ def test_clear_errors(tmp_path, prepared):
     with pytest.raises(vd.DatasetError, match="setid.mat is not a readable MATLAB file"):
         vd.prepare_flowers(fl, tmp_path / "d")
     with pytest.raises(vd.DatasetError, match="no train/ and val/"):
-        vd.prepare_imagenet(tmp_path, tmp_path / "d")
+        vd.prepare_imagenet(tmp_path / "fl", tmp_path / "d")   # a folder without train/ and val/
     with pytest.raises(vd.DatasetError, match="no folder .*data prepare cars"):
         vd.load_image_tasks(["cars"], tmp_path / "empty")
     with pytest.raises(vd.DatasetError, match="already exists.*--force"):
