@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(run)
     run.add_argument("--out", type=Path, default=Path("runs/packnet"), help="output folder")
     run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace a run already in OUT (only its checkpoint.pt and results.json)")
     run.set_defaults(func=cmd_run)
 
     from .baselines import METHODS
@@ -39,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--sweep", default="0.25,0.5,0.75,0.9",
                       help="prune ratios for the accuracy-against-ratio curve ('none' to skip)")
     comp.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
+    comp.add_argument("--overwrite", action="store_true",
+                      help="replace a comparison already in OUT (its report files and packnet/ run)")
     comp.set_defaults(func=lambda a: compare_cli(a, config_from_args(a)))
 
     rep = sub.add_parser("report", help="rewrite report.md and figures from a results.json")
@@ -68,7 +72,7 @@ def cmd_run(args) -> int:
         distributed.run_to(config_from_args(args), args.out, args.resume)
         return 0
     from .experiments import run_method_packnet_cli
-    return run_method_packnet_cli(config_from_args(args), args.out, args.resume)
+    return run_method_packnet_cli(config_from_args(args), args.out, args.resume, args.overwrite)
 
 
 def cmd_info(args) -> int:

@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import checkpoint as ck
+from .config import ConfigError
 from .fileio import FolderLock, atomic_write, remove_leftover_temp_files
 from .report import accuracy_table, ownership_table
 from .train import LOCAL, Config, Runtime, run_packnet
@@ -26,7 +27,7 @@ RUN_FILES = ("checkpoint.pt", "results.json")
 REPORT_FILES = ("results.json", "matrices.csv", "report.md")
 
 
-class RunFolderError(ValueError):
+class RunFolderError(ConfigError):
     """An output folder that cannot be used as asked; the message says what to do."""
 
 
