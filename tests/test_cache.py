@@ -126,3 +126,37 @@ def test_fast_mode_config(monkeypatch):
     assert cache.notebook_config(width=8).width == 8
     with pytest.raises(TypeError):
         cache.notebook_config(nonsense=1)
+
+
+def test_a_notebooks_code_is_part_of_the_key(capsys):
+    """A loop written in a notebook (passed as `code`) recomputes when it is edited."""
+    calls = []
+
+    def loop_a():
+        calls.append("a")
+        return {"x": 1}
+
+    def loop_b():
+        calls.append("b")
+        return {"x": 2}
+    assert cache.code_hash(loop_a) != cache.code_hash(loop_b)
+    assert cache.load_or_run("loop", Config(), loop_a, code=loop_a) == {"x": 1}
+    assert cache.load_or_run("loop", Config(), loop_a, code=loop_a) == {"x": 1}
+    assert cache.load_or_run("loop", Config(), loop_b, code=loop_b) == {"x": 2}
+    assert calls == ["a", "b"]
+    assert "the cell's code changed" in capsys.readouterr().out
+
+
+def test_pruning_study_reference_and_grid(monkeypatch):
+    """The curve holds 0.75, and its reference is the dense network given the same
+    retraining phase: exactly the ratio-0 point after retraining."""
+    monkeypatch.setenv("PACKNET_FAST", "1")
+    assert 0.75 in cache.pruning_ratios()
+    monkeypatch.setenv("PACKNET_FAST", "0")
+    assert 0.75 in cache.pruning_ratios()
+    cfg = Config(tasks=("digits",), epochs=1, retrain_epochs=1, max_train=300, width=4)
+    study = cache.pruning_study(cfg, [0.0, 0.75])
+    zero, r75 = study["curve"]
+    assert zero["before"] == study["dense"]
+    assert zero["after"] == study["dense_same_epochs"] == r75["dense_same_epochs"]
+    assert set(r75) == {"ratio", "before", "after", "dense_same_epochs"} and r75["ratio"] == 0.75
