@@ -68,7 +68,28 @@ PAPER_VGG16 = {
 }
 METHOD_TITLES = {"individual": "Individual networks", "finetune": "Sequential fine-tuning",
                  "classifier_only": "Classifier only", "joint": "Joint (all tasks at once)",
-                 "packnet": "PackNet"}
+                 "lwf": "LwF", "packnet": "PackNet"}
+
+
+def megabytes(memory: Optional[dict]) -> str:
+    """A method's measured memory (baselines.network_memory) in MB (10^6 bytes)."""
+    return "-" if not memory else f"{memory['bytes'] / 1e6:.2f}"
+
+
+def comparison_table(results: dict) -> str:
+    """The comparison in the paper's layout (task by method, top-1 error % after
+    the whole sequence), then the average error, backward transfer and the
+    memory each method needs for all the tasks. README.md shows this table."""
+    from .metrics import average_accuracy, backward_transfer
+    names = results["task_names"]
+    methods = [m for m in METHOD_TITLES if m in results["methods"]]
+    res = {m: results["methods"][m] for m in methods}
+    rows = [[f"{j + 1}. {n}"] + [fmt(100 - res[m]["matrix"][-1][j]) for m in methods] for j, n in enumerate(names)]
+    bwt = {m: backward_transfer(res[m]["matrix"]) for m in methods}
+    rows += [["**average**"] + [f"**{fmt(100 - average_accuracy(res[m]['matrix']))}**" for m in methods],
+             ["backward transfer (points)"] + ["n/a" if bwt[m] is None else fmt(bwt[m]) for m in methods],
+             [f"memory for {len(names)} tasks (MB)"] + [megabytes(res[m].get("memory")) for m in methods]]
+    return markdown_table(["task"] + [METHOD_TITLES[m] for m in methods], rows)
 
 
 def comparison_markdown(results: dict) -> str:
@@ -77,21 +98,27 @@ def comparison_markdown(results: dict) -> str:
     from .metrics import average_accuracy, backward_transfer
     names = results["task_names"]
     methods = [m for m in METHOD_TITLES if m in results["methods"]]
-    final = {m: results["methods"][m]["matrix"][-1] for m in methods}
-    rows = [[f"{j + 1}. {n}"] + [fmt(100 - final[m][j]) for m in methods] for j, n in enumerate(names)]
-    rows.append(["**average**"] + [fmt(100 - average_accuracy(results["methods"][m]["matrix"])) for m in methods])
     out = [f"# PackNet against its baselines: {' -> '.join(names)}", "",
            f"Config: `{json.dumps(results['config'])}`", "",
            "## Top-1 error (%) on each task's test split after the whole sequence", "",
-           markdown_table(["task"] + [METHOD_TITLES[m] for m in methods], rows), "",
+           comparison_table(results), "",
+           "Backward transfer: the mean change of each earlier task's accuracy from right after "
+           "it was learned to the end (negative = forgetting; n/a: joint training has no 'before'). "
+           f"Memory: what the {len(names)} tasks need at inference, measured from the trained "
+           "networks' state (parameters and BatchNorm statistics, float32) plus PackNet's packed "
+           "owner maps: individual networks store one trunk per task, the others one trunk and "
+           "a head per task.", "",
            "## Summary", ""]
     summ = []
     for m in methods:
         R = results["methods"][m]["matrix"]
         bwt = backward_transfer(R)
+        mem = results["methods"][m].get("memory")
         summ.append([METHOD_TITLES[m], fmt(average_accuracy(R)), "n/a (one row)" if bwt is None else fmt(bwt),
+                     "-" if not mem else f"{mem['values']:,}", "-" if not mem else f"{mem['bytes']:,}",
                      f"{results['methods'][m]['seconds']:.0f}"])
-    out += [markdown_table(["method", "average accuracy (%)", "backward transfer (points)", "time (s)"], summ), ""]
+    out += [markdown_table(["method", "average accuracy (%)", "backward transfer (points)",
+                            f"values stored for {len(names)} tasks", "bytes", "time (s)"], summ), ""]
     pk = results["methods"].get("packnet")
     if pk:
         ident = pk["outputs_identical"]
@@ -104,6 +131,11 @@ def comparison_markdown(results: dict) -> str:
                     f"{n} {s:.1f}%" for n, s in zip(names, pk["shares"])) + ".",
                 f"- Owner maps stored with {pk['mask_bits']} bit(s) per weight = "
                 f"{pk['mask_bits'] / 8:.3f} bytes per weight (the original stores 1 byte).", ""]
+        if pk.get("memory") and results["methods"].get("individual", {}).get("memory"):
+            mine, alone = pk["memory"], results["methods"]["individual"]["memory"]
+            out += [f"- Memory for the {len(names)} tasks: {mine['bytes']:,} bytes, of which "
+                    f"{mine['mask_bytes']:,} are owner maps; individual networks need {alone['bytes']:,} "
+                    f"({alone['bytes'] / mine['bytes']:.2f} times as much).", ""]
         if "individual" in results["methods"]:
             gap = average_accuracy(results["methods"]["individual"]["matrix"]) - average_accuracy(pk["matrix"])
             out += [f"- Gap to individual networks (average accuracy): {gap:.2f} points.", ""]
