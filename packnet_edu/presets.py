@@ -16,6 +16,9 @@ Two details of how `train.run_packnet` runs this schedule:
 
 `paper-vgg16-bn` is the same with VGG-16-BN: BatchNorm is trained with
 ImageNet (task 1) and frozen afterwards (the engine keeps it in eval mode).
+`paper-resnet50` and `paper-densenet121`: the original code's other two
+networks, with the same schedule (its scripts use one schedule for all four)
+and BatchNorm handled as for VGG-16-BN.
 """
 from __future__ import annotations
 
@@ -38,6 +41,8 @@ PAPER_VGG16 = Config(
 PRESETS: Dict[str, Config] = {
     "paper-vgg16": PAPER_VGG16,
     "paper-vgg16-bn": dataclasses.replace(PAPER_VGG16, model="vgg16_bn"),
+    "paper-resnet50": dataclasses.replace(PAPER_VGG16, model="resnet50"),
+    "paper-densenet121": dataclasses.replace(PAPER_VGG16, model="densenet121"),
 }
 
 def preset(name: str, **overrides) -> Config:
