@@ -6,6 +6,7 @@ phase and keeps the epoch with the best *validation* accuracy;
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass
@@ -28,34 +29,70 @@ def autocast(device: str, amp: bool):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.startswith("cuda"))
 
 
+def device_batches(loader, device: str):
+    """`loader`'s batches on `device`, one batch ahead: on CUDA the next batch
+    is copied on a side stream while the current one computes. uint8 images
+    (vgg_data's loaders) travel as uint8, 4x fewer bytes than float32, and are
+    normalised on the device."""
+    cuda = torch.device(device).type == "cuda"
+    stream = torch.cuda.Stream(device) if cuda else None
+
+    def send(batch):
+        if batch is None:
+            return None
+        with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
+            return [t.to(device, non_blocking=True) for t in batch]
+
+    def ready(batch):
+        if cuda:      # the compute stream waits for this batch's copy, then owns its memory
+            torch.cuda.current_stream(device).wait_stream(stream)
+            for t in batch:
+                t.record_stream(torch.cuda.current_stream(device))
+        if batch[0].dtype == torch.uint8:
+            from .vgg_data import normalize
+            batch[0] = normalize(batch[0])
+        return batch
+
+    it = iter(loader)
+    pending = send(next(it, None))
+    while pending is not None:
+        batch = ready(pending)
+        pending = send(next(it, None))      # copies while `batch` computes
+        yield batch
+
+
 def train_one_epoch(model: MultiHeadNet, task: int, optimizer: torch.optim.Optimizer,
-                    loader, device: str = "cpu", desc: str = "train", amp: bool = False) -> float:
-    """One pass over `loader` for head `task`. Returns the mean training loss."""
+                    loader, device: str = "cpu", desc: str = "train", amp: bool = False,
+                    loss_fn: Optional[Callable] = None) -> float:
+    """One pass over `loader` for head `task`. Returns the mean training loss.
+    `loss_fn(model, task, x, y, *extra)` replaces cross-entropy, `extra` being
+    any further tensors of the batch (LwF's recorded old-head outputs).
+    The loss is summed on the device: one host sync per epoch, not per step."""
     model.train()
-    total, count = 0.0, 0
-    for x, y in tqdm(loader, desc=desc, leave=False, mininterval=1.0):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    total, count = torch.zeros((), device=device), 0
+    for x, y, *extra in tqdm(device_batches(loader, device), total=getattr(loader, "__len__", lambda: None)(), desc=desc, leave=False,
+                             mininterval=1.0):
         with autocast(device, amp):
-            loss = F.cross_entropy(model(x, task), y)
+            loss = F.cross_entropy(model(x, task), y) if loss_fn is None else loss_fn(model, task, x, y, *extra)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += loss.item() * len(y)
+        total += loss.detach().float() * len(y)
         count += len(y)
-    return total / max(count, 1)
+    return float(total) / max(count, 1)
 
 
 @torch.no_grad()
 def count_correct(model: MultiHeadNet, task: int, loader, device: str = "cpu", amp: bool = False) -> Tuple[int, int]:
     """(correct top-1 predictions of head `task`, images) over `loader`."""
     model.eval()
-    correct, count = 0, 0
-    for x, y in loader:
+    correct, count = torch.zeros((), dtype=torch.int64, device=device), 0
+    for x, y, *_ in device_batches(loader, device):
         with autocast(device, amp):
-            pred = model(x.to(device, non_blocking=True), task).argmax(1)
-        correct += int((pred.cpu() == y).sum())
+            pred = model(x, task).argmax(1)
+        correct += (pred == y).sum()
         count += len(y)
-    return correct, count
+    return int(correct), count
 
 
 def evaluate(model: MultiHeadNet, task: int, loader, device: str = "cpu", amp: bool = False) -> float:
@@ -77,15 +114,14 @@ def evaluate_task(model: MultiHeadNet, engine: Optional[PackNet], task: int, loa
 def loader_for(dataset, cfg: "Config", train: bool, seed: int = 0):
     """Training (shuffled, seeded) or evaluation batches for any dataset:
     in-memory tensors are sliced directly; image folders go through worker
-    processes with pinned memory so decoding stays off the training loop."""
+    processes (vgg_data.image_loader: sized to the cores, pinned memory, uint8
+    batches) so decoding stays off the training loop. The training loader is
+    rebuilt every epoch, so its workers are not kept between epochs."""
     batch = cfg.batch_size if train else max(cfg.batch_size, 256)
     if isinstance(dataset, torch.utils.data.TensorDataset):
         return make_loader(dataset, batch, shuffle=train, seed=seed)
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch, shuffle=train, num_workers=cfg.workers,
-        generator=torch.Generator().manual_seed(seed) if train else None,
-        pin_memory=cfg.device.startswith("cuda"), persistent_workers=cfg.workers > 0,
-        drop_last=False)
+    from .vgg_data import image_loader
+    return image_loader(dataset, batch, shuffle=train, workers=cfg.workers, seed=seed, device=cfg.device)
 
 
 def trainable_parameters(model: MultiHeadNet, task: int) -> List[nn.Parameter]:
@@ -94,15 +130,29 @@ def trainable_parameters(model: MultiHeadNet, task: int) -> List[nn.Parameter]:
     return list(model.trunk.parameters()) + list(model.heads[task - 1].parameters())
 
 
+def retrain_lr_step(cfg: Config, task: int) -> Optional[int]:
+    """The lr step of task `task`'s post-prune retraining. A pretrained first
+    task that is only pruned and retrained (`first_task_epochs=0`: ImageNet in
+    the paper) decays its lr x0.1 after half of its retraining epochs, as the
+    released scripts do (5 of 10, run_imagenet_pruning.sh); every other
+    retraining uses `cfg.lr_step` (the paper's 10 leaves its 10 epochs constant)."""
+    if task == 1 and cfg.first_task_epochs == 0 and cfg.retrain_epochs >= 2:
+        return cfg.retrain_epochs // 2
+    return cfg.lr_step
+
+
 def fit(model: MultiHeadNet, task: int, data: Task, cfg: Config, epochs: int, lr: float,
         params: List[nn.Parameter], engine: Optional[PackNet] = None, desc: str = "",
-        rt: Optional["Runtime"] = None) -> Dict:
+        rt: Optional["Runtime"] = None, lr_step: Optional[int] = None) -> Dict:
     """Train one phase with a fresh SGD optimizer; keep the epoch with the best
-    validation accuracy. Returns {"val": best accuracy, "epoch": its index, "loss": [...]}."""
+    validation accuracy. The lr is multiplied by 0.1 every `lr_step` epochs
+    (default `cfg.lr_step`; None: constant).
+    Returns {"val": best accuracy, "epoch": its index, "loss": [...]}."""
     optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if engine is not None:
         engine.protect(optimizer)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step or max(epochs, 1), 0.1)
+    step = lr_step or cfg.lr_step
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step or max(epochs, 1), 0.1)
     rt = rt or LOCAL
     val_loader = rt.loader_for(data.val, cfg, train=False)
     best = {"val": evaluate_task(model, engine, task, val_loader, cfg.device, cfg.amp, rt), "epoch": 0,
@@ -123,11 +173,13 @@ def fit(model: MultiHeadNet, task: int, data: Task, cfg: Config, epochs: int, lr
 def load_tasks(cfg: Config) -> List[Task]:
     """The tasks `cfg.tasks` names: the offline sequence's (as 3x32x32 images
     for VGG-16), or (with `cfg.data_root`) the paper's image datasets from vgg_data."""
+    from .vgg_data import check_inputs, load_image_tasks
+    check_inputs(cfg.tasks, cfg.data_root, cfg.model, cfg.weights)   # seconds, before any data loads
     if cfg.data_root is not None:
-        from .vgg_data import load_image_tasks
-        return load_image_tasks(cfg.tasks, cfg.data_root)
+        # decode: "cpu" (default), "gpu" (nvJPEG) or "pil" (reference); a Config field to come
+        return load_image_tasks(cfg.tasks, cfg.data_root, decode=getattr(cfg, "decode", "cpu"))
     tasks = offline_sequence(cfg.tasks, seed=cfg.seed, max_train=cfg.max_train)
-    if cfg.model.startswith("vgg16"):          # the offline sequence on VGG-16 (a GPU run)
+    if cfg.model != "small_vgg":               # the offline sequence on an ImageNet network (a GPU run)
         tasks = [as_rgb(t) for t in tasks]
     return tasks
 
@@ -152,13 +204,29 @@ def accuracy_row(model, engine, tasks: Sequence[Task], upto: int, cfg: Config,
             if j <= upto else None for j, t in enumerate(tasks, start=1)]
 
 
+@contextlib.contextmanager
+def deterministic_kernels():
+    """Inside, CUDA computes the same bits in any process: cuDNN's
+    deterministic algorithms, no autotuning (cudnn.benchmark may pick another
+    convolution algorithm in a resumed process) and no TF32. No-op on the CPU."""
+    b = torch.backends
+    saved = (b.cudnn.deterministic, b.cudnn.benchmark, b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32)
+    b.cudnn.deterministic, b.cudnn.benchmark, b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = True, False, False, False
+    try:
+        yield
+    finally:
+        b.cudnn.deterministic, b.cudnn.benchmark, b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = saved
+
+
 def probe_outputs(model, engine, task: int, data: Task, cfg: Config,
                   rt: Optional["Runtime"] = None) -> torch.Tensor:
     """Task `task`'s logits on a fixed batch of its validation images: compared
-    with torch.equal after later tasks to *check* that nothing was forgotten."""
-    x = next(iter((rt or LOCAL).loader_for(data.val, cfg, train=False)))[0][:256].to(cfg.device)
+    with torch.equal after later tasks (possibly in another process, after
+    --resume) to *check* that nothing was forgotten. Computed in float32 with
+    deterministic kernels, so equal weights give equal bits."""
+    x = next(device_batches((rt or LOCAL).loader_for(data.val, cfg, train=False), cfg.device))[0][:256]
     model.eval()
-    with torch.no_grad(), engine.task_view(task):
+    with torch.no_grad(), deterministic_kernels(), engine.task_view(task):
         return model(x, task).cpu()
 
 
@@ -199,7 +267,7 @@ def run_packnet(cfg: Config, tasks: Optional[Sequence[Task]] = None,
     ratios = prune_schedule(cfg.prune, len(tasks))
     rt = runtime
     model = rt.make_model(cfg, [t.num_classes for t in tasks])
-    engine = rt.engine_class(model.trunk)
+    engine = rt.engine_class(model.trunk, heads=model.heads)
     state = {"phase": None, "task": 0, "matrix": [], "val": [], "probes": []}
     if resume_from is not None:
         model.load_state_dict(resume_from["model"])
@@ -231,7 +299,7 @@ def run_packnet(cfg: Config, tasks: Optional[Sequence[Task]] = None,
             pruned_val = evaluate_task(model, engine, t, rt.loader_for(data.val, cfg, train=False),
                                        cfg.device, cfg.amp, rt)
             fit_info = fit(model, t, data, cfg, cfg.retrain_epochs, cfg.retrain_lr, params, engine,
-                           desc=f"{name} retrain", rt=rt)
+                           desc=f"{name} retrain", rt=rt, lr_step=retrain_lr_step(cfg, t))
             state["val"][-1].update(pruned=pruned_val, retrained=fit_info["val"])
         engine.end_task()
         state["probes"].append(probe_outputs(model, engine, t, data, cfg, rt))
