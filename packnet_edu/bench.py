@@ -1,23 +1,32 @@
-"""What PackNet's protection costs: a protected training step against a plain
-one, same model, same batch, measured side by side in one run.
+"""What training costs, measured side by side in one run. Three parts:
 
-    python -m packnet_edu bench                                   # small_vgg, CPU (target ratio <= 1.10)
-    python -m packnet_edu bench --model vgg16 --device cuda --image-size 224 \\
-        --batch-size 64 --amp --channels-last                     # one GPU (target >= 0.97 in images/s)
+    python -m packnet_edu bench step     # PackNet-protected training step against a plain one
+    python -m packnet_edu bench loader   # images/s of the image loaders, per decode path
+    python -m packnet_edu bench loop     # the real training loop fed by the real loader, from JPEGs
 
-The model is in the state PackNet trains every task after the first: task 1
-owns half of each layer (pruned 50%, frozen), task 2 trains the rest. One
-model, two SGD optimizers over the same parameters: a plain one and one with
-`engine.protect` (which writes back task 1's weights after each step). Timed
-trials of the two are interleaved, alternating which goes first, and medians
-compared, so drifting clocks and noisy neighbours hit both alike. Prints
-step times, images/s, their ratio, the achieved TFLOP/s and the device.
+`step` (the default) runs the configuration the paper preset trains with:
+SGD, momentum 0.9, weight decay 0, batch 32 (flags change each). The model
+is in the state PackNet trains every task after the first: task 1 owns half
+of each layer (pruned 50%, frozen), task 2 trains the rest. One model, two
+SGD optimizers over the same parameters: a plain one and one under
+`engine.protect`. Timed trials of the two are interleaved, alternating which
+goes first, and medians compared, so drifting clocks and noisy neighbours hit
+both alike; every trial starts from the same weights. Prints step times,
+images/s, their ratio, TFLOP/s, the protection's mode and the bytes it moves
+per step (judged against the device's memory bandwidth, its cost is known
+without a GPU), and checks task 1's weights are bit-identical afterwards.
+
+`loader` times `vgg_data.image_loader` over synthetic 500x375 JPEGs (the size
+of a typical ImageNet photo) for the "pil" (reference), "cpu" and "gpu"
+decode paths; `loop` times `train.train_one_epoch` with a protected optimizer
+on the same files: what a user of `run --config paper-vgg16` gets.
 """
 from __future__ import annotations
 
 import json
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, Optional
@@ -27,6 +36,9 @@ import torch.nn.functional as F
 
 from .engine import PackNet
 from .models import build_model
+
+# The paper preset's optimizer and batch (presets.PAPER_VGG16): what `step` times by default.
+PRESET_BATCH, PRESET_WEIGHT_DECAY, PRESET_MOMENTUM = 32, 0.0, 0.9
 
 
 def forward_flops(model, x: torch.Tensor, task: int) -> float:
@@ -51,36 +63,61 @@ def forward_flops(model, x: torch.Tensor, task: int) -> float:
     return 2.0 * sum(macs)
 
 
-def setup(model_name: str, device: str, channels_last: bool):
-    """A model in the middle of task 2 and the two optimizers."""
+def _model(model_name: str, num_classes, device: str, channels_last: bool):
     torch.manual_seed(0)
     if model_name == "tiny_vgg16":
         from .replicas import tiny_vgg16
-        model = tiny_vgg16([10, 10])
+        model = tiny_vgg16(num_classes)
     else:
-        model = build_model(model_name, [10, 10])
+        model = build_model(model_name, num_classes)
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def setup(model_name: str, device: str, channels_last: bool, weight_decay: float = PRESET_WEIGHT_DECAY,
+          optimizer: str = "sgd"):
+    """A model in the middle of task 2, and a plain and a protected optimizer over it."""
+    model = _model(model_name, [10, 10], device, channels_last)
     engine = PackNet(model.trunk)
     engine.start_task(); engine.prune(0.5); engine.end_task(); engine.start_task()
     params = list(model.trunk.parameters()) + list(model.heads[1].parameters())
-    plain = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=5e-4)
-    protected = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=5e-4)
-    engine.protect(protected)
-    return model, engine, {"plain": plain, "protected": protected}
+
+    def make():
+        if optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=1e-4, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=1e-3, momentum=PRESET_MOMENTUM, weight_decay=weight_decay)
+    opts = {"plain": make(), "protected": make()}
+    handle = engine.protect(opts["protected"])
+    return model, engine, opts, handle
 
 
-def bench_step(model_name: str = "small_vgg", device: str = "cpu", batch_size: int = 64,
-               image_size: Optional[int] = None, steps: int = 10, trials: int = 7,
-               amp: bool = False, channels_last: bool = False) -> Dict:
-    cuda = device.startswith("cuda")
-    if cuda and not torch.cuda.is_available():
+def _sync(device: str):
+    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def _check_cuda(device: str) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but no CUDA GPU is visible; use --device cpu")
+
+
+def bench_step(model_name: str = "small_vgg", device: str = "cpu", batch_size: int = PRESET_BATCH,
+               image_size: Optional[int] = None, steps: int = 10, trials: int = 7,
+               amp: bool = False, channels_last: bool = False,
+               weight_decay: float = PRESET_WEIGHT_DECAY, optimizer: str = "sgd") -> Dict:
+    _check_cuda(device)
+    cuda = device.startswith("cuda")
     if cuda:
         torch.backends.cudnn.benchmark = True
     image_size = image_size or (28 if model_name == "small_vgg" else 224)
-    model, engine, opts = setup(model_name, device, channels_last)
+    model, engine, opts, handle = setup(model_name, device, channels_last, weight_decay, optimizer)
     in_ch = model.trunk[0].in_channels if model_name == "small_vgg" else 3
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, in_ch, image_size, image_size, generator=g).to(device)
@@ -88,7 +125,13 @@ def bench_step(model_name: str = "small_vgg", device: str = "cpu", batch_size: i
         x = x.to(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch_size,), generator=g).to(device)
     flops = 3 * forward_flops(model, x, 2)            # forward + backward (2x) per image
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync = _sync(device)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def reset():                                      # every trial from the same weights (untimed)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(start[n])
 
     def run(kind: str, n: int) -> float:
         opt = opts[kind]
@@ -104,35 +147,41 @@ def bench_step(model_name: str = "small_vgg", device: str = "cpu", batch_size: i
         sync()
         return (time.perf_counter() - t0) / n
 
-    frozen = {n: w.detach().clone() for n, w in engine.weights.items()}
-    run("plain", 2); run("protected", 2)               # warm-up (allocator, cudnn autotuning)
+    run("plain", 2); reset(); run("protected", 2)     # warm-up (allocator, cudnn autotuning)
     times = {"plain": [], "protected": []}
     for i in range(trials):
         for kind in (("plain", "protected") if i % 2 == 0 else ("protected", "plain")):
+            reset()
             times[kind].append(run(kind, steps))
-    # Plain steps moved task 1's weights (nothing protects them); one protected
-    # step must put every one of them back exactly.
-    run("protected", 1)
+    # the last protected trial left task 1's weights as they started, bit for bit
+    reset(); run("protected", 1)
     exact = all(torch.equal(w.detach()[engine.owner[n].to(w.device) == 1],
-                            frozen[n][engine.owner[n].to(w.device) == 1]) for n, w in engine.weights.items())
+                            start[f"trunk.{n}"][engine.owner[n].to(w.device) == 1])
+                for n, w in engine.weights.items())
     step = {k: statistics.median(v) for k, v in times.items()}
     ips = {k: batch_size / s for k, s in step.items()}
-    name = torch.cuda.get_device_name(device) if cuda else (platform.processor() or platform.machine())
+    moved = handle.bytes_per_step()
     return {
-        "model": model_name, "device": device, "device_name": name, "torch": torch.__version__,
-        "cuda": torch.version.cuda, "batch_size": batch_size, "image_size": image_size,
-        "amp_bf16": cuda and amp, "channels_last": channels_last, "steps_per_trial": steps, "trials": trials,
+        "part": "step", "model": model_name, "device": device, "device_name": _device_name(device),
+        "torch": torch.__version__, "cuda": torch.version.cuda, "batch_size": batch_size,
+        "image_size": image_size, "amp_bf16": cuda and amp, "channels_last": channels_last,
+        "optimizer": optimizer, "weight_decay": weight_decay, "momentum": PRESET_MOMENTUM,
+        "steps_per_trial": steps, "trials": trials,
         "step_s": step, "step_s_trials": times, "images_per_s": ips,
         "ratio_time_protected_over_plain": step["protected"] / step["plain"],
         "ratio_images_per_s_protected_over_plain": ips["protected"] / ips["plain"],
         "tflops": {k: flops * v / 1e12 for k, v in ips.items()}, "gflops_per_training_image": flops / 1e9,
+        "protection_mode": handle.mode, "protection_bytes_per_step": moved,
+        "protection_ms_at_3tb_per_s": 1000 * moved / 3e12,
+        "packed_weights": sum(w.numel() for w in engine.weights.values()),
         "task1_weights_exact_after_protected_step": exact,
     }
 
 
 def print_result(r: Dict) -> None:
     print(f"{r['model']} on {r['device']} ({r['device_name']}), torch {r['torch']}, batch {r['batch_size']}, "
-          f"{r['image_size']}x{r['image_size']}, bf16 {r['amp_bf16']}, channels_last {r['channels_last']}")
+          f"{r['image_size']}x{r['image_size']}, bf16 {r['amp_bf16']}, channels_last {r['channels_last']}, "
+          f"{r['optimizer']} weight decay {r['weight_decay']}")
     print(f"median of {r['trials']} interleaved trials x {r['steps_per_trial']} steps; "
           f"{r['gflops_per_training_image']:.2f} GFLOP per training image")
     for k in ("plain", "protected"):
@@ -140,29 +189,158 @@ def print_result(r: Dict) -> None:
               f"{r['tflops'][k]:7.3f} TFLOP/s")
     print(f"  ratio protected/plain: step time {r['ratio_time_protected_over_plain']:.3f}, "
           f"images/s {r['ratio_images_per_s_protected_over_plain']:.3f}")
+    print(f"  protection: mode {r['protection_mode']}, {r['protection_bytes_per_step'] / 1e6:.1f} MB moved per step "
+          f"over {r['packed_weights']:,} packed weights (= {r['protection_ms_at_3tb_per_s']:.3f} ms at 3 TB/s)")
     print(f"  task 1 weights bit-identical after a protected step: {r['task1_weights_exact_after_protected_step']}")
 
 
+def protection_cost(model_name: str = "vgg16", plain_step_ms: Optional[float] = None,
+                    bandwidth: float = 3e12) -> Dict:
+    """Bytes the protection moves per step in each mode for `model_name` in
+    the benchmark's state (task 2 training, task 1 frozen), without running a
+    step; with `plain_step_ms`, the protected/plain ratio that traffic implies
+    at `bandwidth` bytes/s (an estimate: kernel launches and caches ignored)."""
+    model, engine, opts, handle = setup(model_name, "cpu", False)
+    out = {"model": model_name, "packed_weights": sum(w.numel() for w in engine.weights.values()),
+           "bandwidth_bytes_per_s": bandwidth}
+    for mode in ("mask", "restore"):
+        handle.mode = mode
+        b = handle.bytes_per_step()
+        out[mode] = {"bytes_per_step": b, "ms": 1000 * b / bandwidth}
+        if plain_step_ms:
+            out[mode]["estimated_ratio"] = plain_step_ms / (plain_step_ms + out[mode]["ms"])
+    out["plain_step_ms_assumed"] = plain_step_ms
+    return out
+
+
+# ------------------------------------------------------------------ data path
+def make_jpegs(root: Path, n: int, classes: int = 4, size=(500, 375), seed: int = 0) -> Path:
+    """`n` JPEGs of `size` (width, height) in `classes` class folders under
+    root/train: smooth colour fields with grain, about as compressible as
+    photos (noise alone would make files, and decoding, several times slower)."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    w, h = size
+    for i in range(n):
+        d = root / "train" / f"c{i % classes}"
+        d.mkdir(parents=True, exist_ok=True)
+        coarse = Image.fromarray(rng.integers(0, 256, (h // 25 + 1, w // 25 + 1, 3), dtype=np.uint8))
+        img = np.asarray(coarse.resize((w, h), Image.BICUBIC), dtype=np.int16)
+        img = np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(d / f"{i:05d}.jpg", quality=90)
+    return root / "train"
+
+
+def _loader(folder: Path, decode: str, batch_size: int, workers: int, device: str, image_size: int):
+    from . import vgg_data
+    ds = vgg_data._image_folder(folder, cropped=False, train=True, size=image_size, decode=decode)
+    return vgg_data.image_loader(ds, batch_size, shuffle=True, workers=workers, device=device)
+
+
+def bench_loader(folder: Path, decode: str = "cpu", workers: Optional[int] = None, batch_size: int = PRESET_BATCH,
+                 device: str = "cpu", image_size: int = 224, epochs: int = 2) -> Dict:
+    """Images/s of the training loader (decode path `decode`) over the images
+    in `folder`; the first epoch warms up (worker start, file cache), the
+    others are timed. Batches are moved to `device` and normalised, as training does."""
+    from .train import device_batches
+    from .vgg_data import resolve_workers
+    _check_cuda(device)
+    sync = _sync(device)
+    n_workers = resolve_workers(workers)
+    rates = []
+    for epoch in range(epochs):
+        loader = _loader(folder, decode, batch_size, n_workers, device, image_size)
+        sync()
+        t0, n = time.perf_counter(), 0
+        for x, _ in device_batches(loader, device):
+            n += len(x)
+        sync()
+        if epoch:
+            rates.append(n / (time.perf_counter() - t0))
+    ips = statistics.median(rates) if rates else n / (time.perf_counter() - t0)
+    return {"part": "loader", "decode": decode, "workers": n_workers, "images": n, "batch_size": batch_size,
+            "image_size": image_size, "device": device, "images_per_s": ips,
+            "images_per_s_per_worker": ips / max(n_workers, 1)}
+
+
+def bench_loop(folder: Path, model_name: str = "vgg16", device: str = "cuda", decode: str = "cpu",
+               workers: Optional[int] = None, batch_size: int = PRESET_BATCH, image_size: int = 224,
+               amp: bool = True, channels_last: bool = True, epochs: int = 2) -> Dict:
+    """Images/s of `train.train_one_epoch` (protected SGD, the preset's
+    optimizer) fed by the training loader over `folder`: the data path and the
+    step together. The first epoch warms up; the others are timed."""
+    from .train import train_one_epoch
+    from .vgg_data import resolve_workers
+    _check_cuda(device)
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+    model, engine, opts, handle = setup(model_name, device, channels_last)
+    sync = _sync(device)
+    n_workers = resolve_workers(workers)
+    rates = []
+    for epoch in range(epochs):
+        loader = _loader(folder, decode, batch_size, n_workers, device, image_size)
+        sync()
+        t0 = time.perf_counter()
+        train_one_epoch(model, 2, opts["protected"], loader, device, desc="bench loop", amp=amp)
+        sync()
+        n = len(loader.dataset) if hasattr(loader, "dataset") else len(loader.loader.dataset)
+        if epoch or epochs == 1:
+            rates.append(n / (time.perf_counter() - t0))
+    return {"part": "loop", "model": model_name, "device": device, "device_name": _device_name(device),
+            "decode": decode, "workers": n_workers, "images": n, "batch_size": batch_size,
+            "image_size": image_size, "amp_bf16": amp and device.startswith("cuda"),
+            "channels_last": channels_last, "protection_mode": handle.mode,
+            "images_per_s": statistics.median(rates)}
+
+
+# ------------------------------------------------------------------ command line
 def main_bench(args) -> int:
-    r = bench_step(args.model, args.device, args.batch_size, args.image_size, args.steps, args.trials,
-                   args.amp, args.channels_last)
-    print_result(r)
+    if args.part == "step":
+        r = bench_step(args.model, args.device, args.batch_size, args.image_size, args.steps, args.trials,
+                       args.amp, args.channels_last, args.weight_decay, args.optimizer)
+        print_result(r)
+    else:
+        with tempfile.TemporaryDirectory(prefix="packnet-bench-") as tmp:
+            folder = make_jpegs(Path(tmp), args.images)
+            if args.part == "loader":
+                r = {"runs": [bench_loader(folder, d, args.workers, args.batch_size, args.device,
+                                           args.image_size or 224) for d in args.decode]}
+                for x in r["runs"]:
+                    print(f"loader {x['decode']:4s} {x['workers']} worker(s): {x['images_per_s']:8.1f} images/s, "
+                          f"{x['images_per_s_per_worker']:7.1f} per worker ({x['image_size']}px, batch {x['batch_size']})")
+            else:
+                r = bench_loop(folder, args.model, args.device, args.decode[0], args.workers, args.batch_size,
+                               args.image_size or 224, args.amp, args.channels_last)
+                print(f"training loop {r['model']} on {r['device']} ({r['device_name']}), decode {r['decode']}, "
+                      f"{r['workers']} worker(s): {r['images_per_s']:.1f} images/s")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(r, indent=1))
+        from .fileio import atomic_write
+        atomic_write(args.json, json.dumps(r, indent=1))
         print(f"wrote {args.json}")
     return 0
 
 
 def add_bench_command(sub) -> None:
-    p = sub.add_parser("bench", help="time a PackNet-protected training step against a plain one")
-    p.add_argument("--model", default="small_vgg", choices=["small_vgg", "vgg16", "vgg16_bn", "tiny_vgg16"])
+    p = sub.add_parser("bench", help="time training: a protected step against a plain one, the image "
+                                     "loaders, the real training loop")
+    p.add_argument("part", nargs="?", default="step", choices=["step", "loader", "loop"])
+    p.add_argument("--model", default="small_vgg",
+                   choices=["small_vgg", "vgg16", "vgg16_bn", "tiny_vgg16", "resnet50", "densenet121"])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--image-size", type=int, default=None, help="default: 28 (small_vgg), 224 (VGG-16)")
-    p.add_argument("--steps", type=int, default=10, help="steps per timed trial")
-    p.add_argument("--trials", type=int, default=7, help="timed trials of each kind, interleaved")
+    p.add_argument("--batch-size", type=int, default=PRESET_BATCH, help="default: the paper preset's 32")
+    p.add_argument("--image-size", type=int, default=None, help="default: 28 (small_vgg), 224 (the others)")
+    p.add_argument("--steps", type=int, default=10, help="step: steps per timed trial")
+    p.add_argument("--trials", type=int, default=7, help="step: timed trials of each kind, interleaved")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--weight-decay", type=float, default=PRESET_WEIGHT_DECAY,
+                   help="step: default 0, the preset's (non-zero: the protection restores after each step)")
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"], help="step: the optimizer timed")
+    p.add_argument("--decode", nargs="+", default=["pil", "cpu"], choices=["pil", "cpu", "gpu"],
+                   help="loader/loop: decode paths (loop uses the first)")
+    p.add_argument("--workers", type=int, default=None, help="loader/loop: default one per core but one")
+    p.add_argument("--images", type=int, default=256, help="loader/loop: synthetic 500x375 JPEGs")
     p.add_argument("--json", type=Path, help="also write the result as JSON here")
     p.set_defaults(func=main_bench)
