@@ -97,3 +97,83 @@ def test_offline_tasks_for_vgg16_are_rgb_and_large_enough():
     model.eval()
     with torch.no_grad():
         assert model(x[:2], 1).shape == (2, 10)
+
+
+# ------------------------------------------------------------------ damaged data files (issue 10)
+def _idx(shape, values: bytes) -> bytes:
+    return bytes([0, 0, 8, len(shape)]) + b"".join(n.to_bytes(4, "big") for n in shape) + values
+
+
+def _fashion_folder(folder, labels=(3, 7), n_images=2, images_gz=None):
+    import gzip
+    folder.mkdir(exist_ok=True)
+    images = _idx((n_images, 28, 28), bytes(n_images * 28 * 28))
+    for split in ("train", "t10k"):
+        (folder / f"{split}-images-idx3-ubyte.gz").write_bytes(
+            images_gz if images_gz is not None else gzip.compress(images))
+        (folder / f"{split}-labels-idx1-ubyte.gz").write_bytes(
+            gzip.compress(_idx((len(labels),), bytes(labels))))
+    return folder
+
+
+@pytest.mark.parametrize("case, message", [
+    ("truncated", "damaged .*EOFError"),                  # a download cut off mid-way
+    ("not gzip", "not an IDX file"),                      # an HTML error page saved as .gz
+    ("short", "truncated or damaged: its header promises"),
+    ("count", "2 images but 3 labels"),
+    ("label", r"labels must lie in 0..9, found 3..12"),
+])
+def test_damaged_fashion_mnist_files_say_what_to_do(tmp_path, monkeypatch, case, message):
+    import gzip
+    good = gzip.compress(_idx((2, 28, 28), bytes(2 * 28 * 28)))
+    folder = {"truncated": lambda: _fashion_folder(tmp_path / "f", images_gz=good[: len(good) // 2]),
+              "not gzip": lambda: _fashion_folder(tmp_path / "f", images_gz=b"<html>Not found</html>"),
+              "short": lambda: _fashion_folder(tmp_path / "f", images_gz=gzip.compress(_idx((2, 28, 28), bytes(100)))),
+              "count": lambda: _fashion_folder(tmp_path / "f", labels=(1, 2, 3)),
+              "label": lambda: _fashion_folder(tmp_path / "f", labels=(3, 12))}[case]()
+    monkeypatch.setenv("PACKNET_FASHION_MNIST", str(folder))
+    with pytest.raises(data.DataFileError, match=message) as err:
+        data.load_fashion_mnist()
+    assert "PACKNET_FASHION_MNIST" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_uncompressed_idx_files_named_gz_still_load(tmp_path, monkeypatch):
+    """The format is told by the bytes, not the name."""
+    folder = _fashion_folder(tmp_path / "f", images_gz=_idx((2, 28, 28), bytes(range(256)) * 6 + bytes(32)))
+    monkeypatch.setenv("PACKNET_FASHION_MNIST", str(folder))
+    xtr, ytr, _, _ = data.load_fashion_mnist()
+    assert xtr.shape == (2, 28, 28) and int(xtr[0, 0, 5]) == 5 and ytr.tolist() == [3, 7]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("garbage", "damaged .*BadZipFile.*git checkout"),
+    ("keys", "damaged .*images"),
+    ("count", "3 images but 2 labels"),
+    ("label", "labels must lie in 0..9"),
+])
+def test_a_broken_animals_file_says_how_to_restore_it(tmp_path, monkeypatch, case, message):
+    path = tmp_path / "animal_silhouettes.npz"
+    if case == "garbage":
+        path.write_bytes(b"PK\x03\x04" + bytes(50))
+    elif case == "keys":
+        np.savez(path, pictures=np.zeros((2, 28, 28), np.uint8))
+    elif case == "count":
+        np.savez(path, images=np.zeros((3, 28, 28), np.uint8), labels=np.array([0, 1]))
+    else:
+        np.savez(path, images=np.zeros((2, 28, 28), np.uint8), labels=np.array([0, 10]))
+    monkeypatch.setattr(data, "DATA_DIR", tmp_path)
+    with pytest.raises(data.DataFileError, match=message):
+        data.load_animals()
+
+
+def test_a_broken_data_file_is_one_line_on_the_command_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    folder = _fashion_folder(tmp_path / "f", images_gz=b"not gzip at all")
+    r = subprocess.run([sys.executable, "-m", "packnet_edu", "run", "--tasks", "fashion", "--out", str(tmp_path / "o")],
+                       cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PACKNET_FASHION_MNIST=str(folder), TQDM_DISABLE="1"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().startswith("error: Fashion-MNIST:") and len(r.stderr.strip().splitlines()) == 1
