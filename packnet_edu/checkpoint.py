@@ -178,6 +178,9 @@ def export_task(model: MultiHeadNet, engine: PackNet, task: int) -> nn.Sequentia
     Needs no engine at inference; the original model is not modified."""
     import copy
     masks = engine.task_masks(task)
+    if task == engine.training_task:
+        raise CheckpointError(f"task {task} is still in training (the run stopped before it ended): "
+                              "only finished tasks can be exported; finish the run with --resume first")
     hooks = {m: dict(m._forward_pre_hooks) for m in engine.module.modules()}
     for m in engine.module.modules():      # the engine's BatchNorm hooks stay behind
         m._forward_pre_hooks.clear()
@@ -189,7 +192,8 @@ def export_task(model: MultiHeadNet, engine: PackNet, task: int) -> nn.Sequentia
     with torch.no_grad():
         for name, p in trunk.named_parameters():
             if name in masks:
-                p.mul_(masks[name].to(p.device, p.dtype))
+                # masked_fill, not a product: NaN/inf in later tasks' weights times 0 is NaN
+                p.masked_fill_(~masks[name].to(p.device), 0.0)
     net = nn.Sequential(trunk, copy.deepcopy(model.heads[task - 1]))
     net.eval()
     return net

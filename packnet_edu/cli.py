@@ -86,8 +86,12 @@ def cmd_info(args) -> int:
     n = sum(o.numel() for o in owner.values())
     bits = next(iter(ckpt["owner"].values()))["bits"]
     print(f"checkpoint {args.checkpoint} (format version {ckpt['version']})")
-    print(f"tasks: {', '.join(ckpt['task_names'][:ckpt['engine']['num_tasks']])} "
-          f"({ckpt['engine']['num_tasks']} trained of {len(ckpt['task_names'])})")
+    started, training = ckpt["engine"]["num_tasks"], ckpt["engine"]["training_task"]
+    done = started - (1 if training else 0)
+    print(f"tasks: {', '.join(ckpt['task_names'][:done]) or 'none'} "
+          f"({done} trained of {len(ckpt['task_names'])}"
+          + (f"; task {training} {ckpt['task_names'][training - 1]} was in training when it was saved)"
+             if training else ")"))
     print(f"model: {ckpt['config'].get('model')}, {n:,} packed weights; owner maps stored with "
           f"{bits} bit(s) per weight ({bits / 8:.3f} bytes; the original PackNet stores 1 byte)")
     print(ownership_table(owner, ckpt["task_names"]))

@@ -147,7 +147,9 @@ def _check_optional_str(cfg, name: str) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Check (and normalise: tuples to lists of str, ints to floats) every field."""
+    """Check (and normalise: task lists to tuples, ints to floats) every field."""
+    for name in ("data_root", "weights"):
+        _check_optional_str(cfg, name)
     tasks = cfg.tasks
     if isinstance(tasks, str) or not isinstance(tasks, (list, tuple)) \
             or not all(isinstance(t, str) for t in tasks):
@@ -180,8 +182,6 @@ def validate(cfg: Config) -> None:
     _check_int(cfg, "workers", 0)
     for name in ("amp", "channels_last"):
         _check_bool(cfg, name)
-    for name in ("data_root", "weights"):
-        _check_optional_str(cfg, name)
     dev = cfg.device
     if not isinstance(dev, str) or dev.split(":")[0] not in DEVICE_TYPES \
             or (":" in dev and not dev.split(":", 1)[1].isdigit()):
@@ -303,4 +303,20 @@ def config_from_args(args: argparse.Namespace, presets: Optional[Dict[str, Confi
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = v
-    return Config(**values)
+    cfg = Config(**values)
+    check_device(cfg)
+    return cfg
+
+
+def check_device(cfg: Config) -> None:
+    """Refuse a device this machine does not have (before any data is loaded)."""
+    import torch
+    kind, _, index = cfg.device.partition(":")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {cfg.device}, but no CUDA GPU is visible here: use --device cpu "
+                          "(a preset made for GPUs also needs --amp false --channels-last false to run well on a CPU)")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {cfg.device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps, but the MPS backend is not available here: use --device cpu")
