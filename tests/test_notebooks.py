@@ -1,11 +1,12 @@
-"""The notebook sequence: committed stripped of outputs, and each one runs
-top to bottom (fast mode, PACKNET_FAST=1) without an error.
+"""The notebook sequence and its solutions: committed stripped of outputs, and
+each one runs top to bottom (fast mode, PACKNET_FAST=1) without an error.
 
 Choice enforced here: notebooks are committed *without outputs* (every code
 cell has no outputs and execution_count None); running them is the reader's
-(or `make lab`'s) job. Strip a notebook after editing it with
-`jupyter nbconvert --clear-output --inplace notebooks/*.ipynb`.
+(or `make lab`'s, or `make slides`') job. Strip a notebook after editing it with
+`jupyter nbconvert --clear-output --inplace notebooks/*.ipynb notebooks/solutions/*.ipynb`.
 """
+import re
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,22 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 from nbrun import execute  # noqa: E402  (pytest puts tests/ on sys.path)
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-SEQUENCE = ["01_baseline", "02_forgetting", "03_pruning", "04_packnet", "05_filter", "06_masks"]
+FOLDER = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = sorted(FOLDER.glob("[0-9][0-9]_*.ipynb"))
+SOLUTIONS = sorted((FOLDER / "solutions").glob("[0-9][0-9]_*_solutions.ipynb"))
+SEQUENCE = ["01_baseline", "02_forgetting", "03_pruning", "04_packnet", "05_filter", "06_masks",
+            "07_vgg16_paper", "08_drawbacks"]
+SLIDE_TYPES = {"slide", "subslide", "fragment", "skip", "notes", "-"}
+
+
+def markdown(path):
+    return [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown"]
+
+
+def exercise_numbers(path) -> list:
+    """The numbers of the exercises listed in a notebook's "## Exercises" cell."""
+    cell = next(s for s in markdown(path) if s.lstrip().startswith("## Exercises"))
+    return [int(n) for n in re.findall(r"^(\d+)\.", cell, flags=re.M)]
 
 
 def test_the_sequence_is_there():
@@ -24,7 +39,7 @@ def test_the_sequence_is_there():
         assert name in names
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=lambda p: p.stem)
 def test_committed_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
@@ -35,14 +50,36 @@ def test_committed_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_learning_goals_and_exercises(path):
-    nb = nbformat.read(path, as_version=4)
-    md = [c.source for c in nb.cells if c.cell_type == "markdown"]
+def test_learning_goals_summary_and_exercises(path):
+    md = markdown(path)
     assert md and "Learning goals" in md[0], f"{path.name} must open with its learning goals"
     assert any(s.lstrip().startswith("## Exercises") for s in md[-2:]), f"{path.name} must end with exercises"
+    assert any(s.lstrip().startswith("## Summary") for s in md[-3:]), f"{path.name} must end with a summary"
+    assert exercise_numbers(path) == list(range(1, len(exercise_numbers(path)) + 1))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_exercise_has_a_solution(path):
+    solution = FOLDER / "solutions" / f"{path.stem}_solutions.ipynb"
+    assert solution.is_file(), f"{path.name}: no solutions notebook {solution.name}"
+    solved = [int(m) for s in markdown(solution) for m in re.findall(r"^### Exercise (\d+)", s, flags=re.M)]
+    assert solved == exercise_numbers(path), f"{solution.name} solves {solved}, {path.name} asks {exercise_numbers(path)}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=lambda p: p.stem)
+def test_slides_chosen_per_cell(path):
+    """`make slides` exports with reveal.js: every cell says where it goes, and
+    every second-level heading starts a slide."""
+    nb = nbformat.read(path, as_version=4)
+    kinds = [c.metadata.get("slideshow", {}).get("slide_type") for c in nb.cells]
+    assert set(kinds) <= SLIDE_TYPES, f"{path.name}: cells without a slide type: " \
+        f"{[i for i, k in enumerate(kinds) if k not in SLIDE_TYPES]}"
+    for c, k in zip(nb.cells, kinds):
+        if c.cell_type == "markdown" and c.source.startswith("## "):
+            assert k == "slide", f"{path.name}: '{c.source.splitlines()[0]}' should start a slide"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=lambda p: p.stem)
 def test_runs_in_fast_mode(path, monkeypatch):
     monkeypatch.setenv("PACKNET_FAST", "1")          # the kernel inherits this environment
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
