@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 # The torch build this project is tested with (on this workplace it installs from local disk).
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lab env env-dev clean
+.PHONY: demo test lab slides env env-dev clean
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test: env-dev
 
 lab: env-dev
 	$(VENV)/bin/jupyter lab notebooks/
+
+# Each notebook executed in full mode: build/slides/*.slides.html (reveal.js), build/html/*.html
+slides: env-dev
+	$(PY) scripts/make_slides.py
 
 clean:
 	rm -rf $(VENV) runs cache

@@ -87,3 +87,29 @@ def test_runs_in_fast_mode(path, monkeypatch):
     print(f"{path.name}: {seconds:.0f}s in fast mode")
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+
+
+def load_make_slides():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("make_slides", FOLDER.parent / "scripts" / "make_slides.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_slides_export(tmp_path, monkeypatch):
+    """`make slides`: one reveal.js deck (a section per slide, setup cells left out)
+    and one static page per notebook; it refuses fast mode (decks show full-mode runs)."""
+    make_slides = load_make_slides()
+    nb = nbformat.v4.new_notebook()
+    for source, kind in [("# One", "slide"), ("print('setup')", "skip"), ("## Two", "slide"), ("more", "fragment")]:
+        cell = (nbformat.v4.new_code_cell if source.startswith("print") else nbformat.v4.new_markdown_cell)(source)
+        cell.metadata["slideshow"] = {"slide_type": kind}
+        nb.cells.append(cell)
+    deck, page = make_slides.export(nb, "demo", tmp_path)
+    assert deck == tmp_path / "slides" / "demo.slides.html" and page == tmp_path / "html" / "demo.html"
+    deck, page = deck.read_text(), page.read_text()
+    assert "reveal" in deck and deck.count("<h1") + deck.count("<h2") >= 2 and "fragment" in deck
+    assert "print" not in deck.split("<body")[-1] and "print" in page.split("<body")[-1]
+    monkeypatch.setenv("PACKNET_FAST", "1")
+    assert make_slides.main([]) == 2
