@@ -5,27 +5,88 @@ Each view is two parts:
 - a *callback*, a plain module-level function `on_..._change(state, value)`
   that returns a matplotlib Figure (tests call it directly, no browser);
 - a *builder* (`pruning_explorer`, ...) that wires ipywidgets controls to
-  the callback and shows its figure in an `Output`, redrawn on every change.
+  the callback and shows its figure as an `ipywidgets.Image`.
+
+Every move must answer within half a second on a 2-core laptop, in a real
+browser (benchmarks/bench_widgets.py measures it). So the builders never
+redraw through the notebook's display machinery: the two heavy figures
+(`plots.PruningPanel`, `plots.FilterEvolution`) are built once and updated
+in place, the layout is solved once and then frozen, each figure is
+rendered straight to a fast-compressed retina PNG, and every value's PNG is
+kept, so going back to a value costs nothing.
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
 from . import plots
 
+VIEW_CLASS = "packnet-view"     # the CSS class of every view (the browser test finds them by it)
+
+
+# ------------------------------------------------------------ rendering
+def render_png(fig) -> bytes:
+    """`fig` as a retina PNG (twice its dpi), fast: one draw on an Agg
+    canvas, zlib level 1 (a third of the default's time, the file a little
+    larger). The layout is solved in this draw if the figure has a layout
+    engine, then frozen (later draws skip it; a view that needs a new layout,
+    e.g. PruningPanel on a new layer, switches it back on). The figure keeps
+    its own dpi for normal display."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    dpi = fig.dpi
+    fig.set_dpi(2 * dpi)
+    try:
+        canvas.draw()
+        rgba = canvas.buffer_rgba()
+        size = canvas.get_width_height(physical=True)
+    finally:
+        fig.set_dpi(dpi)
+        fig.set_layout_engine("none")         # positions stay as solved
+    buf = io.BytesIO()
+    Image.frombuffer("RGBA", size, rgba, "raw", "RGBA", 0, 1).convert("RGB").save(buf, "png", compress_level=1)
+    return buf.getvalue()
+
+
+def _view(controls, key: Callable[[], tuple], draw: Callable, header):
+    """`header` above an Image showing draw()'s figure, redrawn whenever one
+    of `controls` changes; each key's PNG is kept. Returns the VBox (CSS
+    class VIEW_CLASS)."""
+    import ipywidgets as W
+    pngs: Dict[tuple, bytes] = {}
+    image = W.Image(format="png")
+
+    def redraw(_=None):
+        k = key()
+        if k not in pngs:
+            fig = draw()
+            pngs[k] = render_png(fig)
+            image.width = str(int(round(fig.get_figwidth() * fig.dpi)))    # CSS px: shown 1:1
+        image.value = pngs[k]
+    redraw()
+    for control in controls:
+        control.observe(redraw, names="value")
+    box = W.VBox([header, image])
+    box.add_class(VIEW_CLASS)
+    return box
+
 
 # ------------------------------------------------------------ notebook 3: pruning
 @dataclass
 class PruningState:
     """What the pruning view needs: each layer's trained weights, and the
-    precomputed accuracy curve [{"ratio", "before", "after"}, ...]."""
+    precomputed accuracy curve [{"ratio", "before", "after"} and optionally
+    "dense_same_epochs"]. The view snaps any ratio to this grid."""
     weights: Dict[str, torch.Tensor]
     curve: List[dict]
     layer: str = ""
+    panel: Optional[plots.PruningPanel] = field(default=None, repr=False)
 
     def __post_init__(self):
         if not self.layer:
@@ -34,6 +95,10 @@ class PruningState:
     @property
     def ratios(self) -> List[float]:
         return [p["ratio"] for p in self.curve]
+
+    def snap(self, ratio: float) -> float:
+        """The grid ratio the view shows for `ratio` (the nearest measured one)."""
+        return float(self.curve[plots.curve_index(self.curve, ratio)]["ratio"])
 
 
 def pruning_state(model_or_trunk, curve: Sequence[dict], layer: str = "") -> PruningState:
@@ -46,43 +111,31 @@ def pruning_state(model_or_trunk, curve: Sequence[dict], layer: str = "") -> Pru
 
 
 def on_ratio_change(state: PruningState, ratio: float, layer: Optional[str] = None):
-    """Pruning view for `ratio` (and `layer`, default the state's): histogram
-    with threshold, kept/pruned mask, accuracy curve with this ratio circled."""
+    """Pruning view for `ratio` snapped to the curve's grid (and `layer`,
+    default the state's): histogram with threshold, kept/pruned mask,
+    accuracy curve with this ratio circled; the title names the grid ratio
+    shown. Updates the state's one figure in place and returns it."""
     if layer is not None:
+        if layer not in state.weights:
+            raise ValueError(f"no layer {layer!r}: choose one of {', '.join(state.weights)}")
         state.layer = layer
-    return plots.pruning_panel(state.weights[state.layer], float(ratio), state.curve,
-                               layer=state.layer.removesuffix(".weight"))
-
-
-def _live(controls, draw, header):
-    """`header` above an Output showing `draw()`, redrawn whenever one of
-    `controls` changes value."""
-    import ipywidgets as W
-    from IPython.display import display
-    out = W.Output()
-
-    def redraw(_=None):
-        out.clear_output(wait=True)
-        with out:
-            display(draw())
-    for control in controls:
-        control.observe(redraw, names="value")
-    redraw()
-    return W.VBox([header, out])
+    if state.panel is None:
+        state.panel = plots.PruningPanel(state.curve)
+    return state.panel.show(state.weights[state.layer], state.snap(ratio), state.layer)
 
 
 def pruning_explorer(state: PruningState):
-    """A ratio slider (over the precomputed ratios) and a layer dropdown above
+    """A ratio slider over the curve's own grid and a layer dropdown above
     the pruning view; moving either redraws it."""
     import ipywidgets as W
     slider = W.SelectionSlider(options=[(f"{r:.2f}", r) for r in state.ratios],
-                               value=min(state.ratios, key=lambda r: abs(r - 0.5)),
-                               description="prune ratio", continuous_update=False,
-                               layout=W.Layout(width="520px"), style={"description_width": "90px"})
+                               value=state.snap(0.5), description="prune ratio", continuous_update=False,
+                               layout=W.Layout(width="480px"), style={"description_width": "90px"})
     layer = W.Dropdown(options=list(state.weights), value=state.layer, description="layer",
-                       style={"description_width": "50px"})
-    return _live([slider, layer], lambda: on_ratio_change(state, slider.value, layer.value),
-                 W.HBox([slider, layer]))
+                       layout=W.Layout(width="240px"), style={"description_width": "50px"})
+
+    return _view([slider, layer], lambda: (layer.value, slider.value),
+                 lambda: on_ratio_change(state, slider.value, layer.value), W.HBox([slider, layer]))
 
 
 # ------------------------------------------------------------ notebook 4: capacity plan
@@ -98,8 +151,9 @@ def schedule_explorer(task_names: Sequence[str], ratios: Sequence[float]):
                              description=f"{k}: {n}", continuous_update=False,
                              style={"description_width": "90px"})
                for k, (n, r) in enumerate(zip(task_names, ratios), start=1)]
-    return _live(sliders, lambda: on_schedule_change([s.value for s in sliders], task_names),
-                 W.VBox([W.HBox(sliders[:2]), W.HBox(sliders[2:])]))
+    values = lambda: tuple(round(s.value, 4) for s in sliders)
+    return _view(sliders, values, lambda: on_schedule_change(values(), task_names),
+                 W.VBox([W.HBox(sliders[i:i + 2]) for i in range(0, len(sliders), 2)]))
 
 
 # ------------------------------------------------------------ notebook 5: one filter
@@ -114,18 +168,21 @@ def default_filter(snapshots: Sequence[Mapping]) -> int:
 
 def on_filter_change(snapshots: Sequence[Mapping], filter_index: int,
                      task_names: Optional[Sequence[str]] = None):
+    """The filter-evolution figure of one first-layer filter."""
     return plots.filter_evolution(snapshots, int(filter_index), task_names)
 
 
 def filter_explorer(snapshots: Sequence[Mapping], task_names: Optional[Sequence[str]] = None,
                     filter_index: Optional[int] = None):
-    """A dropdown of the first layer's filters above the filter-evolution figure."""
+    """A dropdown of the first layer's filters above the filter-evolution
+    figure (built once; a new filter updates its cells in place)."""
     import ipywidgets as W
     n = plots._np(snapshots[0]["weight"]).shape[0]
     pick = W.Dropdown(options=list(range(n)),
                       value=default_filter(snapshots) if filter_index is None else filter_index,
                       description="filter")
-    return _live([pick], lambda: on_filter_change(snapshots, pick.value, task_names), pick)
+    view = plots.FilterEvolution(snapshots, task_names)
+    return _view([pick], lambda: (pick.value,), lambda: view.show(pick.value), pick)
 
 
 # ------------------------------------------------------------ notebook 6: masks
@@ -142,5 +199,6 @@ def mask_explorer(owner_maps: Mapping[str, torch.Tensor], task_names: Optional[S
     import ipywidgets as W
     pick = W.Dropdown(options=list(owner_maps), value=layer or next(iter(owner_maps)), description="layer")
     sort = W.Checkbox(value=True, description="sort filters by share")
-    return _live([pick, sort], lambda: on_layer_change(owner_maps, pick.value, task_names, sort.value),
+    return _view([pick, sort], lambda: (pick.value, sort.value),
+                 lambda: on_layer_change(owner_maps, pick.value, task_names, sort.value),
                  W.HBox([pick, sort]))

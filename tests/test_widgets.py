@@ -1,16 +1,19 @@
-"""Widget callbacks are plain functions: called here directly, no browser."""
+"""Widget callbacks are plain functions: called here directly, no browser
+(tests/test_browser.py moves the real widgets in JupyterLab)."""
 import io
 
 import matplotlib
 matplotlib.use("Agg")
 
+import pytest
 import torch
 from matplotlib.figure import Figure
 
 from packnet_edu import plots, widgets
 from packnet_edu.models import small_vgg
 
-CURVE = [{"ratio": r, "before": 90 - 60 * r ** 3, "after": 90 - 20 * r ** 4} for r in (0, .5, .75, .9)]
+CURVE = [{"ratio": r, "before": 90 - 60 * r ** 3, "after": 90 - 20 * r ** 4, "dense_same_epochs": 88.0}
+         for r in (0, .5, .7, .75, .9)]
 
 
 def png(fig) -> bytes:
@@ -18,6 +21,11 @@ def png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+def circled_ratio(fig) -> float:
+    big = [line for ax in fig.axes for line in ax.lines if line.get_markersize() >= 15 and len(line.get_xdata())]
+    return float(big[-1].get_xdata()[0])
 
 
 def test_on_ratio_change_redraws():
@@ -28,15 +36,44 @@ def test_on_ratio_change_redraws():
     c = png(widgets.on_ratio_change(state, 0.75, "fc.weight"))
     assert state.layer == "fc.weight"
     assert len({a, b, c}) == 3
+    with pytest.raises(ValueError, match="choose one of conv1.weight"):
+        widgets.on_ratio_change(state, 0.5, "fc")
 
 
-def test_pruning_explorer_builds_and_reacts():
+@pytest.mark.parametrize("asked, shown", [(0.75, 0.75), (0.7, 0.7), (0.72, 0.7), (0.74, 0.75), (1.0, 0.9)])
+def test_the_circled_point_is_the_ratio_shown(asked, shown):
+    state = widgets.pruning_state(small_vgg([10]), CURVE)
+    fig = widgets.on_ratio_change(state, asked, "fc.weight")
+    assert circled_ratio(fig) == shown
+    assert f"ratio {shown:.2f}" in fig.get_suptitle()
+    kept = plots.keep_mask(state.weights["fc.weight"], shown).mean()
+    assert fig.axes[0].get_title() == f"kept {plots.percent(kept)}"      # histogram at the same ratio
+
+
+def test_pruning_explorer_slider_is_the_curve_grid():
     state = widgets.pruning_state(small_vgg([10]), CURVE, layer="conv2.weight")
     box = widgets.pruning_explorer(state)
-    slider, dropdown = box.children[0].children
-    slider.value = 0.9
+    assert widgets.VIEW_CLASS in box._dom_classes
+    (slider, dropdown), image = box.children[0].children, box.children[1]
+    assert [v for _, v in slider.options] == [p["ratio"] for p in CURVE]
+    first = image.value
+    assert first[:4] == b"\x89PNG"
+    slider.value = 0.75
+    assert image.value != first and circled_ratio(state.panel.fig) == 0.75
+    at_75 = image.value
     dropdown.value = "conv1.weight"
-    assert state.layer == "conv1.weight"
+    assert state.layer == "conv1.weight" and image.value != at_75
+    dropdown.value = "conv2.weight"                # back: the kept PNG, identical
+    assert image.value == at_75
+
+
+def test_render_png_is_retina_and_keeps_the_figure():
+    from PIL import Image
+    fig = plots.capacity_plan([0.5, 0.0], ["a", "b"])
+    data = widgets.render_png(fig)
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.size == (round(2 * fig.get_figwidth() * fig.dpi), round(2 * fig.get_figheight() * fig.dpi))
+    assert fig.dpi == plots.DPI                    # the figure still displays at its own size
 
 
 def test_on_schedule_change():
@@ -44,9 +81,11 @@ def test_on_schedule_change():
     b = png(widgets.on_schedule_change([0.25, 0.5, 0.75, 0.0], ["a", "b", "c", "d"]))
     assert a != b
     box = widgets.schedule_explorer(["a", "b", "c", "d"], [0.5, 0.75, 0.75, 0.0])
+    image = box.children[1]
+    before = image.value
     slider = box.children[0].children[0].children[0]       # header VBox > first row > task 1's slider
-    slider.value = 0.3                                      # redraws through the callback (raises if broken)
-    assert slider.description == "1: a" and slider.value == 0.3
+    slider.value = 0.3
+    assert slider.description == "1: a" and image.value != before
 
 
 def snapshots():
@@ -61,8 +100,13 @@ def test_on_filter_change_and_default_filter():
     f = widgets.default_filter(snaps)
     assert 0 <= f < 6
     assert png(widgets.on_filter_change(snaps, 0, ["a", "b", "c"])) != png(widgets.on_filter_change(snaps, 1, ["a", "b", "c"]))
-    box = widgets.filter_explorer(snaps, ["a", "b", "c"])
-    box.children[0].value = 3
+    box = widgets.filter_explorer(snaps, ["a", "b", "c"], filter_index=0)
+    pick, image = box.children
+    before = image.value
+    pick.value = 3
+    assert image.value != before
+    pick.value = 0
+    assert image.value == before
 
 
 def test_on_layer_change():
@@ -72,5 +116,10 @@ def test_on_layer_change():
     b = png(widgets.on_layer_change(maps, "conv2.weight", ["a", "b", "c"]))
     assert a != b
     box = widgets.mask_explorer(maps, ["a", "b", "c"])
+    image = box.children[1]
+    seen = {image.value}
     box.children[0].children[0].value = "conv2.weight"
+    seen.add(image.value)
     box.children[0].children[1].value = False
+    seen.add(image.value)
+    assert len(seen) == 3
