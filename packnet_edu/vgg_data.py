@@ -30,6 +30,7 @@ left-right flips for training; ImageNet normalisation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 import json
 import os
@@ -47,7 +48,7 @@ import numpy as np
 import torch
 
 from .data import DataMissingError, Task
-from .fileio import atomic_write
+from .fileio import FolderLock, atomic_write
 
 PathLike = Union[str, Path]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -590,9 +591,35 @@ def _with_val(name: str, train: List[Item], val_fraction: Optional[float], seed:
     return [it for it, v in zip(train, held) if not v], [it for it, v in zip(train, held) if v]
 
 
+@contextlib.contextmanager
 def _scratch(root: PathLike):
-    Path(root).mkdir(parents=True, exist_ok=True)
-    return tempfile.TemporaryDirectory(prefix=".prepare-", dir=root)
+    """A hidden working folder root/.prepare-XXXX (unpacked archives, the new
+    dataset before it is renamed into place), locked while in use and removed
+    at the end. Ones a killed prepare left behind are removed first."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    remove_stale_scratch(root)
+    with tempfile.TemporaryDirectory(prefix=".prepare-", dir=root) as d:
+        with FolderLock(d, "packnet_edu data prepare"):
+            yield d
+
+
+def remove_stale_scratch(root: Path, min_age_s: float = 60.0) -> List[Path]:
+    """Delete root/.prepare-* folders nobody holds the lock of (left by a killed
+    prepare; a live one holds its lock). Young ones are left alone: their
+    prepare may not have taken its lock yet."""
+    import time
+    gone = []
+    for d in sorted(Path(root).glob(".prepare-*")):
+        if not d.is_dir() or d.is_symlink() or time.time() - d.stat().st_mtime < min_age_s:
+            continue
+        try:
+            FolderLock(d).acquire().release()
+        except OSError:                 # held by a running prepare, or not ours to touch
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        gone.append(d)
+    return gone
 
 
 # ------------------------------------------------------------------ prepare

@@ -213,3 +213,19 @@ def test_check_notices_files_added_or_removed(tmp_path):
     next((out / "train").rglob("*.jpg")).unlink()
     with pytest.raises(vd.DatasetError, match="classes.json recorded.*prepare it again"):
         vd.check(tmp_path / "D", ["flowers"])
+
+
+def test_scratch_left_by_a_killed_prepare_is_removed(tmp_path):
+    from packnet_edu.fileio import FolderLock
+    src = make_flowers_replica(tmp_path / "src", num_classes=2)
+    dead, live = tmp_path / "D" / ".prepare-dead", tmp_path / "D" / ".prepare-live"
+    for d in (dead, live):
+        (d / "src").mkdir(parents=True)
+        (d / "src" / "big.bin").write_bytes(b"x" * 1000)
+    (dead / ".lock").write_text("packnet_edu data prepare (pid 999999)")   # killed: file left, unlocked
+    with FolderLock(live, "another prepare"):
+        for d in (dead, live):
+            os.utime(d, (0, 0))                                        # made long ago
+        vd.prepare_flowers(src, tmp_path / "D")
+        assert not dead.exists() and (live / "src" / "big.bin").exists()
+    assert sorted(p.name for p in (tmp_path / "D").iterdir()) == [".prepare-live", "flowers"]
