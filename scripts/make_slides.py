@@ -36,7 +36,8 @@ def export(nb, name: str, out: Path) -> list:
 
 
 def main(argv) -> int:
-    if os.environ.get("PACKNET_FAST", "").strip().lower() not in ("", "0", "false", "no"):
+    from packnet_edu.cache import fast_mode       # the one definition of fast mode
+    if fast_mode():
         print("make slides exports full-mode notebooks: unset PACKNET_FAST", file=sys.stderr)
         return 2
     notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))

@@ -160,3 +160,10 @@ def test_pruning_study_reference_and_grid(monkeypatch):
     assert zero["before"] == study["dense"]
     assert zero["after"] == study["dense_same_epochs"] == r75["dense_same_epochs"]
     assert set(r75) == {"ratio", "before", "after", "dense_same_epochs"} and r75["ratio"] == 0.75
+
+
+@pytest.mark.parametrize("value, fast", [("1", True), ("true", True), ("YES", True), ("on", True),
+                                         ("", False), ("0", False), ("false", False), ("No", False)])
+def test_fast_mode_values(monkeypatch, value, fast):
+    monkeypatch.setenv("PACKNET_FAST", value)
+    assert cache.fast_mode() is fast

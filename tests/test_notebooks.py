@@ -80,6 +80,14 @@ def test_slides_chosen_per_cell(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=lambda p: p.stem)
+def test_one_definition_of_fast_mode(path):
+    """Notebooks ask `cache.fast_mode()`; none reads PACKNET_FAST itself (notebook 7
+    once tested `== "1"`, so PACKNET_FAST=true ran it in full mode)."""
+    code = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    assert not any(re.search(r"[\"']PACKNET_FAST[\"']", s) for s in code)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=lambda p: p.stem)
 def test_runs_in_fast_mode(path, monkeypatch):
     monkeypatch.setenv("PACKNET_FAST", "1")          # the kernel inherits this environment
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
