@@ -156,12 +156,8 @@ def validate(cfg: Config) -> None:
         _fail("tasks", "a list of task names such as [\"fashion\", \"mnist\"]", tasks)
     if not 1 <= len(tasks) <= MAX_TASKS:
         _fail("tasks", f"between 1 and {MAX_TASKS} task names (owners are stored in uint8)", len(tasks))
-    known = IMAGE_TASK_NAMES if cfg.data_root is not None else TASK_NAMES
-    unknown = [t for t in tasks if t not in known]
-    if unknown:
-        where = "with --data-root (image datasets)" if cfg.data_root is not None else "offline (no --data-root)"
-        raise ConfigError(f"config field 'tasks': unknown task(s) {unknown}; the tasks {where} are "
-                          f"{', '.join(known)}")
+    if not all(tasks):
+        _fail("tasks", "non-empty task names", tasks)
     cfg.tasks = tuple(tasks)
     if not isinstance(cfg.model, str) or not cfg.model:
         _fail("model", "a model name such as small_vgg or vgg16", cfg.model)
@@ -304,8 +300,20 @@ def config_from_args(args: argparse.Namespace, presets: Optional[Dict[str, Confi
         if v is not None:
             values[f.name] = v
     cfg = Config(**values)
+    check_task_names(cfg)
     check_device(cfg)
     return cfg
+
+
+def check_task_names(cfg: Config) -> None:
+    """Refuse task names the loaders do not know. (Code that passes its own
+    Task objects to run_packnet may name them as it likes.)"""
+    known = IMAGE_TASK_NAMES if cfg.data_root is not None else TASK_NAMES
+    unknown = [t for t in cfg.tasks if t not in known]
+    if unknown:
+        where = "with --data-root (image datasets)" if cfg.data_root is not None else "offline (no --data-root)"
+        raise ConfigError(f"config field 'tasks': unknown task(s) {unknown}; the tasks {where} are "
+                          f"{', '.join(known)}")
 
 
 def check_device(cfg: Config) -> None:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import Config, PruneSpec, prune_schedule  # noqa: F401 (re-exported)
+from .config import Config, PruneSpec, check_task_names, prune_schedule  # noqa: F401 (re-exported)
 from .data import Task, as_rgb, make_loader, offline_sequence
 from .engine import PackNet
 from .models import MultiHeadNet, build_model
@@ -174,6 +174,7 @@ def load_tasks(cfg: Config) -> List[Task]:
     """The tasks `cfg.tasks` names: the offline sequence's (as 3x32x32 images
     for VGG-16), or (with `cfg.data_root`) the paper's image datasets from vgg_data."""
     from .vgg_data import check_inputs, load_image_tasks
+    check_task_names(cfg)
     check_inputs(cfg.tasks, cfg.data_root, cfg.model, cfg.weights)   # seconds, before any data loads
     if cfg.data_root is not None:
         # decode: "cpu" (default), "gpu" (nvJPEG) or "pil" (reference); a Config field to come

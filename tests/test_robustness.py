@@ -325,7 +325,7 @@ def test_info_and_export_know_a_task_still_in_training(tmp_path, capsys):
 # ------------------------------------------------------------------ item 9: Config
 BAD_FIELDS = [
     ("channels_last", "false"), ("amp", "ture"), ("amp", 1), ("tasks", "fashion"), ("tasks", []),
-    ("tasks", ["fashion", "imagenet"]), ("epochs", -1), ("epochs", 0), ("epochs", 2.5), ("epochs", True),
+    ("tasks", ["fashion", ""]), ("epochs", -1), ("epochs", 0), ("epochs", 2.5), ("epochs", True),
     ("lr", float("nan")), ("lr", 0), ("lr", "0.1"), ("retrain_lr", float("inf")), ("lr_step", 0),
     ("momentum", 1.0), ("momentum", -0.1), ("weight_decay", -1e-4), ("batch_size", 0), ("width", 0),
     ("max_train", 0), ("seed", -1), ("workers", -1), ("device", "gpu"), ("device", "cuda:x"),
