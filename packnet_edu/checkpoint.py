@@ -167,7 +167,7 @@ def restore(ckpt: Union[dict, str, Path], device: str = "cpu"):
     if not isinstance(ckpt, dict):
         ckpt = load(ckpt)
     model = _architecture(ckpt["config"], ckpt["num_classes"])
-    engine = PackNet(model.trunk)
+    engine = PackNet(model.trunk, heads=model.heads)
     restore_into(ckpt, model, engine)
     return model.to(device), engine
 
