@@ -3,7 +3,9 @@
 A checkpoint is a dict (loaded with `torch.load(weights_only=True)`, so no
 pickled code runs) holding the model's state dict, the owner maps packed to
 ceil(log2(T + 1)) bits per weight for T tasks (the original stores 8), the
-task names, the config, and, for a run in progress, what is needed to resume.
+task names, the config, the CPU thread count (results depend on it; resume
+warns when it changes), for a run in progress what is needed to resume, and a
+sha256 checksum of all of it: `load` reports a flipped bit instead of loading it.
 """
 from __future__ import annotations
 
