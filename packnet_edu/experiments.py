@@ -68,7 +68,11 @@ def check_run_folder(out: Path, resume: bool = False, overwrite: bool = False) -
             raise RunFolderError(f"{out / 'checkpoint.pt'} holds a finished run; nothing to resume "
                                  "(its results are in results.json; --overwrite runs it again)")
         if state == "unreadable":
-            ck.load(out / "checkpoint.pt")        # raises, saying why
+            try:
+                ck.load(out / "checkpoint.pt")
+            except ck.CheckpointError as err:     # say why, and how to start again
+                raise ck.CheckpointError(f"--resume: {err}; or start the run again with --overwrite "
+                                         "instead of --resume") from None
     elif state != "new" and not overwrite:
         what = {"finished": "a finished run", "interrupted": "an interrupted run (continue it with --resume)",
                 "unreadable": f"an unreadable checkpoint.pt"}[state]
