@@ -214,22 +214,56 @@ def protection_cost(model_name: str = "vgg16", plain_step_ms: Optional[float] = 
 
 
 # ------------------------------------------------------------------ data path
-def make_jpegs(root: Path, n: int, classes: int = 4, size=(500, 375), seed: int = 0) -> Path:
+def make_jpegs(root: Path, n: int, classes: int = 4, size=(500, 375), seed: int = 0, unique: int = 128) -> Path:
     """`n` JPEGs of `size` (width, height) in `classes` class folders under
     root/train: smooth colour fields with grain, about as compressible as
-    photos (noise alone would make files, and decoding, several times slower)."""
+    photos (noise alone would make files, and decoding, several times slower).
+    Only `unique` are encoded; the rest are copies (decoding costs the same)."""
+    import shutil
     import numpy as np
     from PIL import Image
     rng = np.random.default_rng(seed)
     w, h = size
+    made = []
     for i in range(n):
         d = root / "train" / f"c{i % classes}"
         d.mkdir(parents=True, exist_ok=True)
+        f = d / f"{i:05d}.jpg"
+        if i >= unique:
+            shutil.copyfile(made[i % unique], f)
+            continue
         coarse = Image.fromarray(rng.integers(0, 256, (h // 25 + 1, w // 25 + 1, 3), dtype=np.uint8))
         img = np.asarray(coarse.resize((w, h), Image.BICUBIC), dtype=np.int16)
         img = np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(img).save(d / f"{i:05d}.jpg", quality=90)
+        Image.fromarray(img).save(f, quality=90)
+        made.append(f)
     return root / "train"
+
+
+class _SteadyClock:
+    """Wraps a loader: counts images and times from the `skip`-th batch on
+    (skip = the workers: their first, simultaneous round), so worker start-up,
+    paid once per epoch and negligible over ImageNet's 40,000 batches, does not
+    count against a benchmark of a few dozen batches."""
+
+    def __init__(self, loader, skip: int = 1):
+        self.loader, self.skip, self.t_first, self.images = loader, max(skip, 1), None, 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if i == self.skip - 1:
+                self.t_first = time.perf_counter()
+            elif i >= self.skip:
+                self.images += len(batch[1])
+            yield batch
+
+    def rate(self, t_end: float) -> float:
+        if self.t_first is None or not self.images:
+            raise ValueError(f"too few batches to time: give more images than {self.skip} batches")
+        return self.images / max(t_end - self.t_first, 1e-9)
 
 
 def _loader(folder: Path, decode: str, batch_size: int, workers: int, device: str, image_size: int):
@@ -241,8 +275,8 @@ def _loader(folder: Path, decode: str, batch_size: int, workers: int, device: st
 def bench_loader(folder: Path, decode: str = "cpu", workers: Optional[int] = None, batch_size: int = PRESET_BATCH,
                  device: str = "cpu", image_size: int = 224, epochs: int = 2) -> Dict:
     """Images/s of the training loader (decode path `decode`) over the images
-    in `folder`; the first epoch warms up (worker start, file cache), the
-    others are timed. Batches are moved to `device` and normalised, as training does."""
+    in `folder`, from the first batch on (_SteadyClock); the first epoch warms
+    up (file cache). Batches are moved to `device` and normalised, as training does."""
     from .train import device_batches
     from .vgg_data import resolve_workers
     _check_cuda(device)
@@ -250,16 +284,14 @@ def bench_loader(folder: Path, decode: str = "cpu", workers: Optional[int] = Non
     n_workers = resolve_workers(workers)
     rates = []
     for epoch in range(epochs):
-        loader = _loader(folder, decode, batch_size, n_workers, device, image_size)
+        clock = _SteadyClock(_loader(folder, decode, batch_size, n_workers, device, image_size), n_workers)
+        for x, _ in device_batches(clock, device):
+            pass
         sync()
-        t0, n = time.perf_counter(), 0
-        for x, _ in device_batches(loader, device):
-            n += len(x)
-        sync()
-        if epoch:
-            rates.append(n / (time.perf_counter() - t0))
-    ips = statistics.median(rates) if rates else n / (time.perf_counter() - t0)
-    return {"part": "loader", "decode": decode, "workers": n_workers, "images": n, "batch_size": batch_size,
+        rates.append(clock.rate(time.perf_counter()))
+    ips = statistics.median(rates[1:] or rates)      # the first epoch warms up (file cache)
+    return {"part": "loader", "decode": decode, "workers": n_workers, "images": clock.images,
+            "batch_size": batch_size,
             "image_size": image_size, "device": device, "images_per_s": ips,
             "images_per_s_per_worker": ips / max(n_workers, 1)}
 
@@ -280,19 +312,73 @@ def bench_loop(folder: Path, model_name: str = "vgg16", device: str = "cuda", de
     n_workers = resolve_workers(workers)
     rates = []
     for epoch in range(epochs):
-        loader = _loader(folder, decode, batch_size, n_workers, device, image_size)
+        clock = _SteadyClock(_loader(folder, decode, batch_size, n_workers, device, image_size), n_workers)
+        train_one_epoch(model, 2, opts["protected"], clock, device, desc="bench loop", amp=amp)
         sync()
-        t0 = time.perf_counter()
-        train_one_epoch(model, 2, opts["protected"], loader, device, desc="bench loop", amp=amp)
-        sync()
-        n = len(loader.dataset) if hasattr(loader, "dataset") else len(loader.loader.dataset)
-        if epoch or epochs == 1:
-            rates.append(n / (time.perf_counter() - t0))
+        rates.append(clock.rate(time.perf_counter()))
+    n = clock.images
     return {"part": "loop", "model": model_name, "device": device, "device_name": _device_name(device),
             "decode": decode, "workers": n_workers, "images": n, "batch_size": batch_size,
             "image_size": image_size, "amp_bf16": amp and device.startswith("cuda"),
             "channels_last": channels_last, "protection_mode": handle.mode,
-            "images_per_s": statistics.median(rates)}
+            "images_per_s": statistics.median(rates[1:] or rates)}   # the first epoch warms up (autotuning)
+
+
+# ------------------------------------------------------------------ probes across processes
+class _StopAfterTask1(Exception):
+    pass
+
+
+def _probe_stage(stage: int, out: str, config: str) -> None:
+    """Stage 1: train task 1 of `config` and stop once it is frozen and
+    checkpointed (as a killed run would); stage 2: `--resume` it in this new
+    process, which recomputes task 1's probe logits and compares them."""
+    from . import checkpoint as ck
+    from .config import Config
+    from .experiments import run_packnet_to
+    from .train import run_packnet
+    cfg = Config(**json.loads(config))
+    path = Path(out) / "checkpoint.pt"
+    if stage == 1:
+        def save_and_stop(progress, model, engine, names):
+            ck.save(ck.make_checkpoint(model, engine, cfg.to_dict(), names, progress), path)
+            if progress["phase"] == "end" and progress["task"] == 1:
+                raise _StopAfterTask1
+        try:
+            run_packnet(cfg, on_phase_end=save_and_stop, verbose=False)
+        except _StopAfterTask1:
+            return
+        raise SystemExit("error: stage 1 ran past task 1")
+    r = run_packnet_to(cfg, Path(out), resume=True, verbose=False)
+    print(json.dumps({"outputs_identical": r["outputs_identical"], "matrix": r["matrix"]}))
+
+
+def probe_check(out: Path, device: str = "cpu", model: str = "small_vgg", amp: bool = False,
+                channels_last: bool = False, max_train: Optional[int] = 256, timeout: float = 600) -> Dict:
+    """Are old tasks' probe logits bit-identical when computed in another
+    process? Two offline tasks (digits, animals: quick to load); process 1 trains and freezes
+    task 1 (its checkpoint holds task 1's probe), process 2 resumes, trains
+    task 2 and recomputes the probe. With cudnn.benchmark on, process 2 may
+    pick other convolution algorithms: probes are computed with deterministic
+    kernels (train.deterministic_kernels), so equal weights give equal bits."""
+    import subprocess
+    import sys
+    from .config import Config
+    cfg = Config(tasks=("digits", "animals"), model=model, device=device, amp=amp, channels_last=channels_last,
+                 epochs=1, retrain_epochs=1, max_train=max_train, batch_size=64, lr=0.01)
+    config = json.dumps(cfg.to_dict())
+    code = "import sys; from packnet_edu.bench import _probe_stage; _probe_stage(int(sys.argv[1]), sys.argv[2], sys.argv[3])"
+    procs = []
+    for stage in (1, 2):
+        p = subprocess.run([sys.executable, "-c", code, str(stage), str(out), config],
+                           capture_output=True, text=True, timeout=timeout)
+        procs.append(p)
+        if p.returncode != 0:
+            raise RuntimeError(f"probe check stage {stage} failed:\n{p.stderr[-3000:]}")
+    result = json.loads(procs[1].stdout.strip().splitlines()[-1])
+    return {"part": "probe_check", "device": device, "model": model, "amp_bf16": amp,
+            "channels_last": channels_last, "processes": 2, **result,
+            "task1_probe_identical_across_processes": result["outputs_identical"][0]}
 
 
 # ------------------------------------------------------------------ command line

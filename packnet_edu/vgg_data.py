@@ -37,6 +37,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import warnings
 import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +50,12 @@ import torch
 
 from .data import DataMissingError, Task
 from .fileio import FolderLock, atomic_write
+
+# torchvision 0.29 announces that torchvision.io's image decoding will move to
+# TorchCodec; it still works and is what the fast path uses (one warning per
+# image would flood a training log). docs/paper_deviations.md notes it.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
 
 PathLike = Union[str, Path]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

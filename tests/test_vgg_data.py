@@ -5,6 +5,7 @@ import argparse
 import json
 import shutil
 import tarfile
+import types
 
 import numpy as np
 import pytest
@@ -109,23 +110,109 @@ def test_splits_follow_the_annotation_files(prepared):
 
 def test_loaders_and_paper_transforms(prepared):
     _, root = prepared
-    from torchvision import transforms as T
     tasks = load_tasks(Config(tasks=("cubs", "flowers"), data_root=str(root)))
     assert [t.num_classes for t in tasks] == [200, 102]
     kinds = lambda tf: [type(s).__name__ for s in tf.transforms]
-    assert kinds(tasks[0].train.transform) == ["Resize", "RandomHorizontalFlip", "ToTensor", "Normalize"]
-    assert tasks[0].train.transform.transforms[0].size == (224, 224)
-    assert kinds(tasks[1].train.transform) == ["Resize", "RandomCrop", "RandomHorizontalFlip", "ToTensor", "Normalize"]
-    assert kinds(tasks[1].test.transform) == ["Resize", "CenterCrop", "ToTensor", "Normalize"]
-    assert tasks[1].test.transform.transforms[0].size == 256
+    # the default path: uint8 tensors through v2 transforms (normalised later, on the device)
+    assert kinds(tasks[0].train.transform) == ["Resize", "RandomHorizontalFlip"]
+    assert tasks[0].train.transform.transforms[0].size == [224, 224]
+    assert kinds(tasks[1].train.transform) == ["Resize", "RandomCrop", "RandomHorizontalFlip"]
+    assert kinds(tasks[1].test.transform) == ["Resize", "CenterCrop"]
+    assert tasks[1].test.transform.transforms[0].size == [256]
+    # the reference path: PIL, ToTensor, Normalize
+    ref = vd.image_transforms(cropped=False, train=False, decode="pil")
+    assert kinds(ref) == ["Resize", "CenterCrop", "ToTensor", "Normalize"] and ref.transforms[0].size == 256
     small = vd.load_image_tasks(["imagenet", "cars"], root, image_size=32)
     for t in small:
         x, y = t.train[0]
-        assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+        assert x.shape == (3, 32, 32) and x.dtype == torch.uint8
         assert torch.equal(t.test[0][0], t.test[0][0])        # evaluation is deterministic
-    from packnet_edu.train import loader_for
+    from packnet_edu.train import device_batches, loader_for
     x, y = next(iter(loader_for(small[1].train, Config(batch_size=4), train=True)))
-    assert x.shape == (4, 3, 32, 32) and y.dtype == torch.int64
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.uint8 and y.dtype == torch.int64
+    x, y = next(device_batches(loader_for(small[1].train, Config(batch_size=4), train=True), "cpu"))
+    assert x.dtype == torch.float32 and -2.2 < float(x.min()) and float(x.max()) < 2.7   # ImageNet-normalised
+
+
+def test_fast_and_gpu_decode_paths_match_the_reference(prepared, tmp_path):
+    """Evaluation images (deterministic transforms) through the three decode
+    paths: "cpu" and "gpu" (here decoded by libjpeg: the same code path, on the
+    CPU) give the same uint8 image; normalised, it is the "pil" reference to
+    within one grey level (resampling rounds differently)."""
+    _, root = prepared
+    test = {d: vd.load_image_task("imagenet", root, image_size=32, decode=d).test for d in vd.DECODERS}
+    for d, ds in test.items():
+        assert [p for p, _ in ds.samples] == [p for p, _ in test["pil"].samples]
+    loaders = {d: vd.image_loader(ds, batch_size=8, device="cpu") for d, ds in test.items()}
+    (xc, yc), (xg, yg), (xp, yp) = (next(iter(loaders[d])) for d in ("cpu", "gpu", "pil"))
+    assert xc.dtype == xg.dtype == torch.uint8 and torch.equal(xc, xg) and torch.equal(yc, yg)
+    assert torch.equal(yc, yp)
+    one_level = 1 / (255 * min(vd.STD))
+    assert (vd.normalize(xc) - xp).abs().max() <= one_level + 1e-5
+    # grayscale JPEGs and PNGs named .jpg (ImageNet has both) decode to RGB on every path
+    d = tmp_path / "odd" / "c0"
+    d.mkdir(parents=True)
+    Image.fromarray(np.full((40, 50), 77, np.uint8)).save(d / "gray.jpg")
+    Image.fromarray(np.full((40, 50, 3), 99, np.uint8)).save(d / "png.jpg", format="PNG")
+    for decode in ("cpu", "gpu"):
+        ds = vd._image_folder(tmp_path / "odd", cropped=True, train=False, size=16, decode=decode)
+        x, _ = next(iter(vd.image_loader(ds, batch_size=2)))
+        assert x.shape == (2, 3, 16, 16)
+        assert set(x[1].unique().tolist()) <= {98, 99, 100}      # the PNG (files sort: gray, png)
+
+
+def test_flowers_trains_on_train_and_val(prepared):
+    _, root = prepared
+    folders = vd.load_image_task("flowers", root, image_size=32)      # the splits as prepared
+    trained = vd.load_image_tasks(["flowers"], root, image_size=32)[0]
+    assert len(trained.train) == len(folders.train) + len(folders.val) == 204
+    assert sorted(trained.train.samples) == sorted(folders.train.samples + folders.val.samples)
+    assert trained.train.targets == [y for _, y in trained.train.samples]
+    assert len(trained.val) == len(folders.val) and len(trained.test) == len(folders.test)
+    cubs = vd.load_image_tasks(["cubs"], root, image_size=32)[0]       # the others: train only
+    assert len(cubs.train) == vd.read_meta("cubs", root)["counts"]["train"]
+
+
+def test_workers_follow_the_cores(monkeypatch):
+    monkeypatch.setattr(vd, "usable_cores", lambda: 2)
+    assert vd.resolve_workers(8) == 1 and vd.resolve_workers(0) == 0 and vd.resolve_workers(None) == 1
+    monkeypatch.setattr(vd, "usable_cores", lambda: 16)
+    assert vd.resolve_workers(8) == 8 and vd.resolve_workers(None) == 15
+    monkeypatch.setattr(vd, "usable_cores", lambda: 1)
+    assert vd.resolve_workers(None) == 0
+
+
+def test_inputs_are_checked_before_any_data_loads(prepared, tmp_path, monkeypatch):
+    """weights="imagenet" without the cached file and without internet: a
+    one-line error naming --weights FILE, raised before a dataset is read."""
+    import urllib.error
+    import torch.hub
+    _, root = prepared
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    class Offline:
+        url = "https://example.invalid/vgg16-397923af.pth"
+        def get_state_dict(self, progress=False):
+            raise urllib.error.URLError("no network")
+    monkeypatch.setattr(vd, "_imagenet_weights", lambda model: Offline())
+    read = []
+    monkeypatch.setattr(vd, "load_image_task", lambda *a, **k: read.append(a) or types.SimpleNamespace(name=a[0]))
+    cfg = Config(tasks=("cubs", "cars"), data_root=str(root), model="vgg16", weights="imagenet")
+    with pytest.raises(vd.WeightsError, match=r"download failed \(URLError\): pass --weights FILE.*or copy"):
+        load_tasks(cfg)
+    with pytest.raises(vd.WeightsError, match="weights file .*missing.pth not found: pass --weights FILE"):
+        load_tasks(Config(tasks=("cubs",), data_root=str(root), model="vgg16", weights=str(tmp_path / "missing.pth")))
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "cubs").symlink_to(root / "cubs")
+    with pytest.raises(vd.DatasetError, match="dataset 'cars' not found"):     # every dataset, before loading any
+        load_tasks(Config(tasks=("cubs", "cars"), data_root=str(tmp_path / "partial"), model="vgg16"))
+    assert read == []
+    cached = tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")                          # torchvision's cached file: no download tried
+    load_tasks(cfg)
+    assert len(read) == 2
+    from packnet_edu.data import DataMissingError
+    assert issubclass(vd.WeightsError, DataMissingError)      # the command line prints it as one line
 
 
 def test_prepare_from_the_original_archive(tmp_path):
