@@ -148,6 +148,9 @@ def test_benchmark_smoke_on_cpu(tmp_path):
     assert r["task1_weights_exact_after_protected_step"] is True
     assert set(r["images_per_s"]) == {"plain", "protected"} and r["ratio_images_per_s_protected_over_plain"] > 0
     assert r["device_name"] and r["torch"] == torch.__version__ and r["gflops_per_training_image"] > 0
+    # the preset's optimizer (SGD, weight decay 0, fresh): exact gradient masking, 9 bytes per packed weight
+    assert r["weight_decay"] == 0 and r["protection_mode"] == "mask"
+    assert r["protection_bytes_per_step"] == 9 * r["packed_weights"]
 
 
 def test_cpu_bench_command_runs():
@@ -166,3 +169,94 @@ def test_make_model_honours_channels_last():
     conv = make_model(Config(channels_last=True), [10]).trunk[0]
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert make_model(Config(), [10]).trunk[0].weight.is_contiguous()
+
+
+def _task2_state(seed=0, channels_last=False):
+    """tiny VGG-16 with task 1 trained, pruned 50% and frozen; task 2 started."""
+    torch.manual_seed(seed)
+    model = tiny_vgg16([5, 3], batch_norm=True)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    engine = PackNet(model.trunk)
+    engine.start_task()
+    engine.prune(0.5)
+    engine.end_task()
+    engine.start_task()
+    return model, engine, list(model.trunk.parameters()) + list(model.heads[1].parameters())
+
+
+def _steps(model, opt, n=3):
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 3, (8,))
+    for _ in range(n):
+        _step(model, opt, 2, x, y)
+
+
+def _frozen(engine, model):
+    return {n: (w.detach()[engine.owner[n] == 1].clone()) for n, w in engine.weights.items()} | \
+        {n: p.detach().clone() for n, p in model.trunk.named_parameters() if n not in engine.weights}
+
+
+def _same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_protection_masks_gradients_only_where_that_is_exact(channels_last):
+    """A fresh SGD without weight decay (what train.fit builds every phase)
+    is protected by masking gradients; weight decay, Adam, or an optimizer
+    carrying momentum into a new ownership (here: across a prune) fall back to
+    restoring after the step. Old tasks stay bit-identical in every case."""
+    model, engine, params = _task2_state(channels_last=channels_last)
+    masks = [engine._trainable[n] for n in engine._trainable]
+    assert all(m.stride() == engine.weights[n].stride() for n, m in zip(engine._trainable, masks))   # same layout
+    before = _frozen(engine, model)
+    opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, nesterov=True)
+    handle = engine.protect(opt)
+    _steps(model, opt)
+    assert handle.mode == "mask" and _same(before, _frozen(engine, model))
+    packed = sum(engine._trainable[n].numel() for n in engine._trainable)
+    assert handle.bytes_per_step() == 9 * packed
+    # the same optimizer after a prune: its momentum is not zero on the freed weights -> restore
+    engine.prune(0.5)
+    freed = {n: (engine.owner[n] == 0) for n in engine.weights}
+    _steps(model, opt)
+    assert handle.mode == "restore"
+    assert all(torch.equal(w.detach()[freed[n]], torch.zeros(int(freed[n].sum()))) for n, w in engine.weights.items())
+    assert _same(before, _frozen(engine, model))
+    handle.remove()
+    for make, mode in ((lambda: torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4), "restore"),
+                       (lambda: torch.optim.AdamW(params, lr=1e-2), "restore"),
+                       (lambda: torch.optim.SGD(params, lr=0.05, momentum=0.9), "mask")):
+        opt = make()
+        handle = engine.protect(opt)
+        _steps(model, opt)
+        assert handle.mode == mode and _same(before, _frozen(engine, model))
+        handle.remove()
+
+
+def test_masked_gradients_ignore_nan():
+    """torch.where, not a product: NaN * 0 would be NaN and reach task 1."""
+    model, engine, params = _task2_state()
+    before = _frozen(engine, model)
+    opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
+    handle = engine.protect(opt)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 3, (8,))
+    model.train()
+    loss = torch.nn.functional.cross_entropy(model(x, 2), y)
+    loss.backward()
+    for p in model.trunk.parameters():
+        p.grad.fill_(float("nan"))
+    opt.step()
+    assert handle.mode == "mask" and _same(before, _frozen(engine, model))
+
+
+def test_retraining_lr_schedule():
+    """ImageNet (a pretrained task 1: first_task_epochs=0) decays its post-prune
+    lr x0.1 after 5 of 10 epochs, as the released run_imagenet_pruning.sh
+    (--lr_decay_every 5); the later tasks' retraining keeps lr_step (10: constant)."""
+    from packnet_edu.presets import preset
+    from packnet_edu.train import retrain_lr_step
+    cfg = preset("paper-vgg16")
+    assert [retrain_lr_step(cfg, t) for t in (1, 2, 3, 4)] == [5, 10, 10, 10]
+    from packnet_edu.config import Config
+    assert retrain_lr_step(Config(first_task_epochs=None, lr_step=3), 1) == 3
