@@ -137,11 +137,23 @@ def _patch(k: int, label: str) -> Patch:
                  hatch=FREE_HATCH if k == 0 else None, lw=0, label=label)
 
 
+def _legend_columns(ids: Sequence[int], task_names) -> int:
+    """As many legend entries per row as fit the figure's width (an entry:
+    its patch, its label, the gap to the next)."""
+    longest = max(len(task_label(k, task_names)) for k in ids)
+    entry_px = longest * 0.62 * MIN_FONT_PT * DPI / 72 + 60
+    return max(1, min(len(ids), int((WIDTH * DPI - 40) // entry_px)))
+
+
+def _legend_rows(ids: Sequence[int], task_names) -> int:
+    return -(-len(ids) // _legend_columns(ids, task_names))
+
+
 def _task_legend(fig: Figure, ids: Sequence[int], task_names, **kwargs):
     """The task legend, below the axes (never over data)."""
     handles = [_patch(k, task_label(k, task_names)) for k in ids]
     kwargs.setdefault("loc", "outside lower center")
-    kwargs.setdefault("ncol", min(len(ids), 5))
+    kwargs.setdefault("ncol", _legend_columns(ids, task_names))
     return fig.legend(handles=handles, frameon=False, **kwargs)
 
 
@@ -609,18 +621,22 @@ def planned_shares(ratios: Sequence[float]) -> List[float]:
     return shares + [remaining]
 
 
-def _share_bar(ax, y: float, ids: Sequence[int], shares: Sequence[float], height: float, px_per_unit: float):
+def _share_bar(ax, y: float, ids: Sequence[int], shares: Sequence[float], height: float,
+               px_per_unit: float, two_lines: bool = False):
     """One horizontal bar of stacked shares, each labelled with its task number
-    and `percent(share)` where the text fits (free: hatched)."""
+    and `percent(share)` where the text fits (on two lines if `two_lines` and
+    one does not fit); free is hatched."""
     left = 0.0
     for k, s in zip(ids, shares):
         ax.barh(y, s, left=left, color=task_color(k), height=height, edgecolor="white", lw=1.2,
                 hatch=FREE_HATCH if k == 0 else None)
+        name, pct = (str(k) if k else "free"), percent(s)
+        candidates = [f"{name}: {pct}"] + ([f"{name}\n{pct}"] if two_lines else []) + [pct]
         width_px = s * px_per_unit - 6
-        for text in ((f"{k}: {percent(s)}" if k else f"free {percent(s)}"), percent(s)):
-            if s > 0 and _fits(text, width_px, MIN_FONT_PT):
+        for text in candidates:
+            if s > 0 and all(_fits(line, width_px, MIN_FONT_PT) for line in text.split("\n")):
                 ax.text(left + s / 2, y, text, ha="center", va="center", fontsize=MIN_FONT_PT,
-                        color=text_color_on(task_color(k)),
+                        color=text_color_on(task_color(k)), linespacing=1.1,
                         bbox=dict(facecolor=FREE_COLOR, edgecolor="none", pad=1) if k == 0 else None)
                 break
         left += s
@@ -633,16 +649,16 @@ def capacity_plan(ratios: Sequence[float], task_names: Optional[Sequence[str]] =
     the prune ratios imply, before anything is trained."""
     shares = planned_shares(ratios)
     ids = list(range(1, len(ratios) + 1)) + [0]
-    fig = _figure(WIDTH, 2.5)
+    fig = _figure(WIDTH, 2.2 + 0.3 * _legend_rows(ids, task_names))
     ax = fig.add_subplot()
-    _share_bar(ax, 0, ids, shares, 0.7, (WIDTH - 0.4) * DPI)
+    _share_bar(ax, 0, ids, shares, 0.7, (WIDTH - 0.4) * DPI, two_lines=True)
     ax.set_xlim(0, 1)
     ax.set_ylim(-0.45, 0.45)
     ax.set_yticks([])
     ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     ax.set_xlabel("share of the weights of every layer")
-    sched = ", ".join(f"{r:.3g}" for r in ratios)
-    ax.set_title(title or f"capacity planned by prune ratios ({sched})")
+    sched = f"prune ratios {', '.join(f'{r:.3g}' for r in ratios)}" if len(ratios) <= 6 else f"{len(ratios)} tasks"
+    ax.set_title(title or f"capacity planned ({sched})")
     ax.spines["left"].set_visible(False)
     _task_legend(fig, ids, task_names)
     return fig
@@ -669,10 +685,10 @@ def capacity_bars(owner_maps: Mapping[str, ArrayLike], task_names: Optional[Sequ
     labelled as the ownership table writes them."""
     T = _num_tasks(owner_maps, task_names)
     names = list(owner_maps)
-    row = min(0.55, 3.4 / max(len(names), 1))
-    fig = _figure(WIDTH, 1.6 + row * len(names))
-    ax = fig.add_subplot()
     ids = list(range(1, T + 1)) + [0]
+    row = min(0.55, 3.4 / max(len(names), 1))
+    fig = _figure(WIDTH, 1.3 + 0.3 * _legend_rows(ids, task_names) + row * len(names))
+    ax = fig.add_subplot()
     for i, name in enumerate(names):
         o = _np(owner_maps[name])
         _share_bar(ax, i, ids, [float((o == k).mean()) for k in ids], 0.8, (WIDTH - 2.0) * DPI)

@@ -70,6 +70,7 @@ def jupyter_lab(root: Path, env: dict, log_path: Path):
     folder (a fresh profile: default layout and zoom); yields (base_url, token)."""
     port, token = free_port(), secrets.token_hex(16)
     home = log_path.parent
+    quiet_settings(home / "settings")
     env = dict(os.environ, **env, JUPYTER_CONFIG_DIR=str(home / "config"),
                JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
                JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"))
@@ -127,3 +128,99 @@ def run_all(page, timeout_s: float = 600) -> None:
 def errors(page) -> list:
     """'ename: evalue' of every error output in the open notebook."""
     return page.evaluate(ERRORS)
+
+
+# ------------------------------------------------------------ the notebooks' views
+# A view (packnet_edu.widgets) is a VBox of class packnet-view: its controls,
+# then an <img> (ipywidgets.Image) whose src changes when the figure does.
+CONTROLS = ("input[type=checkbox], select, .noUi-handle")
+NOTEBOOK_CONTROLS = ".jp-OutputArea-output .jupyter-widgets :is(input[type=checkbox], select, .noUi-handle)"
+
+# Response time of one move, measured in the page: from the first input event
+# on the view (captured before any widget code sees it) to the frame after the
+# new image is decoded (two animation frames: the one that paints it).
+ARM = """(i) => {
+  const view = document.querySelectorAll('.packnet-view')[i];
+  const img = view.querySelector('img');
+  const old = img.src;
+  let t0 = null;
+  const first = () => { if (t0 === null) t0 = performance.now(); };
+  const kinds = ['keydown', 'mousedown', 'pointerdown', 'change', 'input', 'click'];
+  kinds.forEach(k => view.addEventListener(k, first, true));
+  window.__move = new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { obs.disconnect(); reject(new Error('no new image within 120 s')); }, 120000);
+    const obs = new MutationObserver(async () => {
+      if (img.src === old || !img.src) return;
+      obs.disconnect();
+      clearTimeout(timer);
+      try { await img.decode(); } catch (e) {}
+      requestAnimationFrame(() => requestAnimationFrame(() => {
+        kinds.forEach(k => view.removeEventListener(k, first, true));
+        resolve({ms: performance.now() - t0, src: img.src});
+      }));
+    });
+    obs.observe(img, {attributes: true, attributeFilter: ['src']});
+  });
+}"""
+
+
+def views(page):
+    return page.locator(".packnet-view")
+
+
+def controls(view):
+    return view.locator(CONTROLS)
+
+
+def control_kind(control) -> str:
+    return control.evaluate("e => e.tagName === 'SELECT' ? 'dropdown' : e.type === 'checkbox' ? 'checkbox' : 'slider'")
+
+
+def move(control) -> str:
+    """Move one control to another value as a user would (keyboard for a
+    slider, a click for a checkbox, another option for a dropdown); returns
+    a description of the move."""
+    kind = control_kind(control)
+    if kind == "dropdown":
+        options = control.evaluate("e => Array.from(e.options).map(o => o.value)")
+        current = control.evaluate("e => e.value")
+        new = options[(options.index(current) + 1) % len(options)]
+        control.select_option(new)
+        return f"dropdown -> option {options.index(new)}"
+    if kind == "checkbox":
+        control.click()
+        return "checkbox toggled"
+    at_max = control.evaluate("e => e.getAttribute('aria-valuenow') === e.getAttribute('aria-valuemax')")
+    key = "ArrowLeft" if at_max else "ArrowRight"
+    control.focus()
+    control.press(key)
+    return f"slider {key}"
+
+
+def timed_move(page, view_index: int, control) -> dict:
+    """Move `control` of view `view_index` and wait for the new image:
+    {"ms": input event to new image painted, "src": the new image, "move": ...}."""
+    page.evaluate(ARM, view_index)
+    what = move(control)
+    out = page.evaluate("window.__move")
+    out["move"] = what
+    return out
+
+
+def output_images(page) -> list:
+    """Every image in the notebook's outputs: its shown width and height in CSS
+    px, the width it asks for (retina PNGs ask for half their pixels), and the
+    output column's width."""
+    return page.evaluate("""() => Array.from(document.querySelectorAll('.jp-OutputArea-output img')).map(i => {
+      const r = i.getBoundingClientRect();
+      const col = i.closest('.jp-OutputArea-output').getBoundingClientRect().width;
+      return {shown: r.width, height: r.height, wanted: +(i.getAttribute('width') || i.naturalWidth),
+              natural: i.naturalWidth, column: col, widget: !!i.closest('.packnet-view')};
+    })""")
+
+
+def quiet_settings(settings_dir: Path) -> None:
+    """No 'get notified about Jupyter news?' toast over the notebook."""
+    folder = settings_dir / "@jupyterlab" / "apputils-extension"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "notification.jupyterlab-settings").write_text('{"fetchNews": "false", "checkForUpdates": false}')

@@ -1,137 +1,96 @@
 """A real browser: JupyterLab on 127.0.0.1, Debian's chromium driven by
-Playwright. Opens the pruning notebook, runs it, moves the slider with the
-keyboard and checks that the figure changed.
+Playwright (tests/labdriver.py), at a projector's 1280x720.
+
+Every notebook that has widgets is opened and run (fast mode, one shared
+cache), then every control of every view is moved as a user would (arrow
+key on a slider, another option in a dropdown, a click on a checkbox) and
+its figure must change. Every control in the notebook must belong to a view
+(so none is left unmoved), and every image in the outputs must be shown at
+the size it asks for, inside the output column (not scaled down).
+benchmarks/bench_widgets.py times the same moves.
 
 Skipped (with the reason) only where /usr/bin/chromium is missing and not in
 CI; with CI=true it fails instead. Install chromium with
 `sudo apt-get install chromium` (`make env-dev` does); `playwright install`
 is not needed.
 """
+import json
 import os
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from labdriver import (CHROMIUM, NOTEBOOK_CONTROLS, chromium, controls, errors, jupyter_lab, open_notebook,
+                       output_images, run_all, timed_move, views)
+
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("PACKNET_CHROMIUM", "/usr/bin/chromium")
-NOTEBOOK = ROOT / "notebooks" / "03_pruning.ipynb"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage"]
 
 pytestmark = pytest.mark.browser
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def has_widgets(path: Path) -> bool:
+    """Whether a notebook's code opens a widget (a view of packnet_edu.widgets, or ipywidgets)."""
+    cells = json.loads(path.read_text())["cells"]
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    return "_explorer(" in code or "ipywidgets" in code
 
 
-def wait_for_server(url: str, proc, timeout: float = 90) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"jupyter lab exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"jupyter lab did not answer {url} within {timeout}s")
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+WITH_WIDGETS = [p.name for p in NOTEBOOKS if has_widgets(p)]
 
 
-@pytest.fixture
-def lab(tmp_path):
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         msg = f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)"
         if IN_CI:
             pytest.fail(msg + " -- the browser test must run in CI")
         pytest.skip(msg)
     pytest.importorskip("playwright.sync_api")
-    root = tmp_path / "lab"
+    tmp = tmp_path_factory.mktemp("browser")
+    root = tmp / "lab"
     root.mkdir()
-    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
-    port, token = free_port(), secrets.token_hex(16)
-    env = dict(os.environ, PACKNET_FAST="1", JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
-               JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"),
-               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"))
-    log = open(tmp_path / "lab.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--ServerApp.token={token}", "--allow-root", f"--ServerApp.root_dir={root}",
-         "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None",
-         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for_server(f"http://127.0.0.1:{port}/api/status?token={token}", proc)
-        yield f"http://127.0.0.1:{port}", token
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=10)
-        log.close()
-        if os.environ.get("PACKNET_BROWSER_LOG"):
-            print((tmp_path / "lab.log").read_text(errors="replace")[-5000:])
+    for name in WITH_WIDGETS:
+        shutil.copy(ROOT / "notebooks" / name, root / name)
+    env = {"PACKNET_FAST": "1", "PACKNET_CACHE": str(tmp / "cache")}
+    with jupyter_lab(root, env, tmp / "lab.log") as (base, token):
+        with chromium() as browser:
+            yield browser, base, token
+    if os.environ.get("PACKNET_BROWSER_LOG"):
+        print((tmp / "lab.log").read_text(errors="replace")[-5000:])
 
 
-def output_image(page) -> str:
-    """The src (a data: URL holding the PNG) of the figure in the widget's Output."""
-    img = page.locator(".widget-output img, .jupyter-widgets-output-area img").first
-    img.wait_for(state="visible", timeout=60_000)
-    return img.get_attribute("src") or ""
+def test_the_notebooks_with_widgets_are_found():
+    assert {"03_pruning.ipynb", "04_packnet.ipynb", "05_filter.ipynb", "06_masks.ipynb"} <= set(WITH_WIDGETS)
 
 
 @pytest.mark.timeout(900)
-def test_slider_redraws_the_figure(lab):
-    from playwright.sync_api import sync_playwright
-    base, token = lab
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True, timeout=60_000)
-        try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(f"{base}/lab/tree/{NOTEBOOK.name}?token={token}", wait_until="domcontentloaded")
-            page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=120_000)
-            # wait until the kernel is up, then Run > Run All Cells
-            page.wait_for_function(
-                "() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
-                " && window.jupyterapp.shell.currentWidget.sessionContext"
-                " && window.jupyterapp.shell.currentWidget.sessionContext.session"
-                " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel"
-                " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle'",
-                timeout=120_000)
-            page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-            handle = page.locator(".widget-slider .noUi-handle, .widget-hslider .noUi-handle").first
-            handle.wait_for(state="visible", timeout=600_000)     # training in fast mode, or the cache
-            before = output_image(page)
-            assert before.startswith("data:image/png"), before[:80]
-            readout = page.locator(".widget-readout").first.inner_text()
-            handle.scroll_into_view_if_needed()
-            handle.focus()
-            page.keyboard.press("ArrowRight")
-            page.keyboard.press("ArrowRight")
-            page.wait_for_function(
-                "(old) => { const i = document.querySelector('.widget-output img, .jupyter-widgets-output-area img');"
-                " return i && i.src && i.src !== old; }", arg=before, timeout=120_000)
-            after = output_image(page)
-            assert after.startswith("data:image/png") and after != before
-            assert page.locator(".widget-readout").first.inner_text() != readout
-        finally:
-            browser.close()
+@pytest.mark.parametrize("name", WITH_WIDGETS)
+def test_every_widget_redraws_its_figure(lab, name):
+    browser, base, token = lab
+    page = open_notebook(browser, base, token, name)
+    try:
+        run_all(page)
+        assert not errors(page), errors(page)
+        n = views(page).count()
+        assert n >= 1, "no packnet-view in a notebook that opens widgets"
+        inside = sum(controls(views(page).nth(i)).count() for i in range(n))
+        assert page.locator(NOTEBOOK_CONTROLS).count() == inside, "a control outside every view"
+        moved = 0
+        for i in range(n):
+            view = views(page).nth(i)
+            view.scroll_into_view_if_needed()
+            for j in range(controls(view).count()):
+                before = view.locator("img").get_attribute("src")
+                result = timed_move(page, i, controls(view).nth(j))
+                assert result["src"] != before, f"view {i}, control {j}: {result['move']} left the figure"
+                moved += 1
+        assert moved == inside
+        assert not errors(page), errors(page)
+        for im in output_images(page):
+            assert im["shown"] >= im["wanted"] - 1, f"an image scaled down: {im}"
+            assert im["shown"] <= im["column"] + 1, f"an image wider than the column: {im}"
+    finally:
+        page.close()

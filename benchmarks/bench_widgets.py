@@ -1,0 +1,136 @@
+"""Each notebook widget's response time in a real browser: from the input
+event to the new image painted.
+
+    .venv/bin/python benchmarks/bench_widgets.py                 # fast mode
+    .venv/bin/python benchmarks/bench_widgets.py --full          # the lecture's full mode
+    .venv/bin/python benchmarks/bench_widgets.py --screenshots /tmp/shots
+
+JupyterLab on 127.0.0.1 and Debian's chromium at 1280x720 (tests/labdriver.py,
+the same driver as tests/test_browser.py). Each notebook that has widgets is
+run top to bottom (results come from the notebooks' cache, `cache/` or
+PACKNET_CACHE: a warm cache makes this quick), then every control of every
+view is moved `--moves` times as a user would. A move that shows a state of
+the view not shown before is a *first visit* (the figure is drawn); one that
+comes back to a state is a *revisit* (the view's kept PNG). The time is
+measured in the page: the first input event on the view (captured before any
+widget code sees it) to the second animation frame after the new image is
+decoded. Printed per control: median and worst of each kind, beside the
+0.5 s target.
+
+`--screenshots DIR` also saves a 1280x720 screenshot of every figure of
+those notebooks, scrolled to the top of the screen, and prints its size.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from labdriver import chromium, controls, control_kind, errors, jupyter_lab, open_notebook, run_all, timed_move, views  # noqa: E402
+from test_browser import WITH_WIDGETS  # noqa: E402
+
+TARGET_MS = 500
+STATE = """(i) => Array.from(document.querySelectorAll('.packnet-view')[i]
+  .querySelectorAll('input[type=checkbox], select, .noUi-handle'))
+  .map(e => e.tagName === 'SELECT' ? e.value : e.type === 'checkbox' ? e.checked : e.getAttribute('aria-valuenow')).join('|')"""
+
+
+def label(view, control) -> str:
+    """The control's description as the notebook shows it."""
+    return control.evaluate("""e => { const w = e.closest('.jupyter-widgets:not(.widget-inline-hbox) , .widget-inline-hbox');
+      const l = w && w.querySelector('.widget-label'); return (l && l.textContent.trim()) || e.tagName.toLowerCase(); }""")
+
+
+def bench_notebook(browser, base, token, name, moves, shots):
+    page = open_notebook(browser, base, token, name)
+    rows = []
+    try:
+        t = time.time()
+        run_all(page, timeout_s=1800)
+        ran = time.time() - t
+        if errors(page):
+            raise RuntimeError(f"{name}: {errors(page)}")
+        if shots:
+            screenshots(page, name, shots)
+        for i in range(views(page).count()):
+            view = views(page).nth(i)
+            view.scroll_into_view_if_needed()
+            seen = {page.evaluate(STATE, i)}
+            for j in range(controls(view).count()):
+                control = controls(view).nth(j)
+                first, again = [], []
+                for _ in range(moves):
+                    ms = timed_move(page, i, control)["ms"]
+                    state = page.evaluate(STATE, i)
+                    (again if state in seen else first).append(ms)
+                    seen.add(state)
+                rows.append((name, f"view {i + 1}: {control_kind(control)} '{label(view, control)}'", first, again))
+    finally:
+        page.close()
+    return ran, rows
+
+
+def screenshots(page, name, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    images = page.locator(".jp-OutputArea-output img")
+    for k in range(images.count()):
+        img = images.nth(k)
+        img.evaluate("e => e.scrollIntoView({block: 'start'})")
+        page.wait_for_timeout(300)
+        box = img.bounding_box()
+        path = folder / f"{Path(name).stem}-{k + 1}.png"
+        page.screenshot(path=str(path))
+        print(f"  {path.name}: figure {box['width']:.0f}x{box['height']:.0f} CSS px "
+              f"at ({box['x']:.0f}, {box['y']:.0f})", flush=True)
+
+
+def fmt(values) -> str:
+    if not values:
+        return f"{'-':>7} {'-':>7} {0:>3}"
+    return f"{statistics.median(values):7.0f} {max(values):7.0f} {len(values):3d}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--moves", type=int, default=8, help="moves per control (default 8)")
+    ap.add_argument("--full", action="store_true", help="full mode (default: PACKNET_FAST=1)")
+    ap.add_argument("--notebooks", nargs="*", default=WITH_WIDGETS, help="which (default: all with widgets)")
+    ap.add_argument("--screenshots", type=Path, help="save a screenshot of every figure here")
+    args = ap.parse_args(argv)
+    names = [n if n.endswith(".ipynb") else n + ".ipynb" for n in args.notebooks]
+    env = {"PACKNET_FAST": "0" if args.full else "1"}
+    if os.environ.get("PACKNET_CACHE"):
+        env["PACKNET_CACHE"] = os.environ["PACKNET_CACHE"]
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; {'full' if args.full else 'fast'} mode; "
+          f"{args.moves} moves per control; chromium 1280x720", flush=True)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "lab"
+        root.mkdir()
+        for n in names:
+            (root / n).write_bytes((ROOT / "notebooks" / n).read_bytes())
+        with jupyter_lab(root, env, Path(tmp) / "lab.log") as (base, token):
+            with chromium() as browser:
+                for n in names:
+                    ran, rows = bench_notebook(browser, base, token, n, args.moves, args.screenshots)
+                    print(f"{n}: ran in {ran:.0f} s", flush=True)
+                    results += rows
+    print(f"\nresponse time (ms), input event to new image painted; target {TARGET_MS} ms")
+    print(f"{'notebook':18s} {'control':44s} {'first visits: median max n':>28s}   {'revisits: median max n':>24s}  within")
+    worst = 0.0
+    for name, what, first, again in results:
+        ok = all(v <= TARGET_MS for v in first + again)
+        worst = max([worst] + first + again)
+        print(f"{name:18s} {what[:44]:44s} {fmt(first):>28s}   {fmt(again):>24s}  {'yes' if ok else 'NO'}")
+    print(f"worst move: {worst:.0f} ms; load average now {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
