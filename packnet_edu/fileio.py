@@ -27,8 +27,8 @@ TMP_SUFFIX = ".tmp"
 
 
 class WriteError(OSError):
-    """A file that could not be written; the message says which, why, and that the
-    previous version (if any) is intact."""
+    """A file that could not be written; the message (its strerror) says which,
+    why, and that the previous version (if any) is intact."""
 
     def __str__(self) -> str:
         return str(self.strerror)
@@ -46,13 +46,12 @@ def atomic_write(path: PathLike, data: Union[bytes, str, Callable]) -> Path:
     0644), as `open` would create the file itself: not mkstemp's 0600."""
     path = Path(path)
     if path.is_dir():
-        raise WriteError(errno.EISDIR, f"{path} is a folder: give a file name, e.g. {path / 'out.pt'}",
-                         str(path))
+        raise WriteError(errno.EISDIR, f"{path} is a folder: give a file name, e.g. {path / 'out.pt'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise WriteError(err.errno, f"cannot create the folder {path.parent} ({err.strerror or err}): "
-                                    "choose a writable location", str(path.parent)) from None
+        raise WriteError(err.errno, f"cannot create the folder {path.parent} ({_why(path.parent, err)}): "
+                                    "choose a writable location") from None
     tmp = _tmp_name(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -75,6 +74,14 @@ def atomic_write(path: PathLike, data: Union[bytes, str, Callable]) -> Path:
     return path
 
 
+def _why(folder: Path, err: OSError) -> str:
+    """Why `folder` cannot be made: the file in the way if there is one, else the OS's reason."""
+    for p in [folder, *folder.parents]:
+        if p.exists():
+            return f"{p} is a file, not a folder" if not p.is_dir() else str(err.strerror or err)
+    return str(err.strerror or err)
+
+
 def _write_error(path: Path, err: OSError) -> WriteError:
     kept = "the previous version is intact" if path.exists() else "nothing was written"
     hint = {errno.ENOSPC: "free some disk space and run again",
@@ -82,7 +89,7 @@ def _write_error(path: Path, err: OSError) -> WriteError:
             errno.EACCES: "choose a folder you can write to",
             errno.EPERM: "choose a folder you can write to",
             errno.EROFS: "choose a folder on a writable disk"}.get(err.errno, "fix that and run again")
-    return WriteError(err.errno, f"cannot write {path}: {err.strerror or err} ({kept}); {hint}", str(path))
+    return WriteError(err.errno, f"cannot write {path}: {err.strerror or err} ({kept}); {hint}")
 
 
 def leftover_temp_files(folder: PathLike, names: Iterable[str]) -> list:
@@ -108,14 +115,13 @@ def check_writable(folder: PathLike) -> Path:
     any long work starts. Raises WriteError with what to do."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise WriteError(errno.ENOTDIR, f"{folder} is a file, not a folder: choose another output folder",
-                         str(folder))
+        raise WriteError(errno.ENOTDIR, f"{folder} is a file, not a folder: choose another output folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write(folder / ".write-test", b"").unlink()
     except OSError as err:
-        raise WriteError(err.errno, f"cannot write to {folder} ({getattr(err, 'strerror', None) or err}): "
-                                    "choose a folder you can write to", str(folder)) from None
+        raise WriteError(err.errno, f"cannot write to {folder} ({_why(folder, err)}): "
+                                    "choose a folder you can write to") from None
     return folder
 
 
