@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from .data import DataMissingError, Task
-from .fileio import FolderLock, atomic_write
+from .fileio import FolderLock, atomic_write, check_writable
 
 # torchvision 0.29 announces that torchvision.io's image decoding will move to
 # TorchCodec; it still works and is what the fast path uses (one warning per
@@ -399,8 +399,8 @@ def check_images(samples: Sequence[Tuple[str, int]], sample: int, name: str, roo
             raise DatasetError(f"{path} is missing (a link to an original image that was moved or deleted?): "
                                f"restore the source, then prepare {name} again with --force") from None
         except (OSError, ValueError, Image.DecompressionBombError) as err:
-            raise DatasetError(f"{path} is not a readable image ({type(err).__name__}: {err}): prepare {name} "
-                               f"again with --force") from None
+            raise DatasetError(f"{path} is not a readable image ({type(err).__name__}: {err}): replace its "
+                               f"original with a good copy, then prepare {name} again with --force") from None
 
 
 # ------------------------------------------------------------------ sources
@@ -603,8 +603,7 @@ def _scratch(root: PathLike):
     """A hidden working folder root/.prepare-XXXX (unpacked archives, the new
     dataset before it is renamed into place), locked while in use and removed
     at the end. Ones a killed prepare left behind are removed first."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    root = check_writable(root)          # a clear error for a --dst that is a file or read-only
     remove_stale_scratch(root)
     with tempfile.TemporaryDirectory(prefix=".prepare-", dir=root) as d:
         with FolderLock(d, "packnet_edu data prepare"):

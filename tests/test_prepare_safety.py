@@ -229,3 +229,10 @@ def test_scratch_left_by_a_killed_prepare_is_removed(tmp_path):
         vd.prepare_flowers(src, tmp_path / "D")
         assert not dead.exists() and (live / "src" / "big.bin").exists()
     assert sorted(p.name for p in (tmp_path / "D").iterdir()) == [".prepare-live", "flowers"]
+
+
+def test_a_dst_that_is_a_file(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OSError, match="afile is a file, not a folder: choose another output folder"):
+        vd.prepare_cubs(_cubs(tmp_path), tmp_path / "afile")
+    assert (tmp_path / "afile").read_text() == "x"
