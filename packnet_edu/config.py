@@ -301,8 +301,17 @@ def config_from_args(args: argparse.Namespace, presets: Optional[Dict[str, Confi
             values[f.name] = v
     cfg = Config(**values)
     check_task_names(cfg)
+    check_model_name(cfg)
     check_device(cfg)
     return cfg
+
+
+def check_model_name(cfg: Config) -> None:
+    """Refuse a model name models.build_model does not know (code may pass its own model)."""
+    from .models import BUILDERS
+    if cfg.model not in BUILDERS:
+        raise ConfigError(f"config field 'model': unknown model {cfg.model!r}; choose one of "
+                          f"{', '.join(sorted(BUILDERS))}")
 
 
 def check_task_names(cfg: Config) -> None:

@@ -357,7 +357,7 @@ CLI_BAD = [
     ["--momentum", "2"], ["--weight-decay", "-1"], ["--seed", "-1"], ["--seed", "1.5"], ["--epochs", "-1"],
     ["--lr-step", "0"], ["--amp", "ture"], ["--channels-last", "maybe"], ["--prune", "0,0.5,0.5,0"],
     ["--prune", "1.2"], ["--prune", "x"], ["--device", "gpu"], ["--config", "no-such-preset"],
-    ["--tasks"] + ["mnist"] * 256,
+    ["--tasks"] + ["mnist"] * 256, ["--model", "resnet9000"],
 ]
 
 
