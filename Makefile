@@ -28,7 +28,7 @@ env-dev: $(VENV)/.dev
 	@bash scripts/system_deps.sh data browser
 
 demo: env
-	$(PY) -m packnet_edu run --out runs/demo
+	$(PY) -m packnet_edu run --out runs/demo --overwrite
 
 test: env-dev
 	$(PY) -m pytest -q
