@@ -112,7 +112,9 @@ def _run_locked(cfg, out: Path, resume, verbose, runtime, write, overwrite) -> d
     path = out / "checkpoint.pt"
     if write:
         remove_leftover_temp_files(out, RUN_FILES)      # from a process killed mid-write
-    state = check_run_folder(out, resume, overwrite)
+    # Only the writer judges the folder: other ranks of a distributed run would
+    # race rank 0's first checkpoint (they still read it to resume).
+    state = check_run_folder(out, resume, overwrite) if write or resume else "new"
     resume_from = None
     if resume:
         ckpt = ck.load(path)
