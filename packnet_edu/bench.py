@@ -354,9 +354,10 @@ def _probe_stage(stage: int, out: str, config: str) -> None:
 
 
 def probe_check(out: Path, device: str = "cpu", model: str = "small_vgg", amp: bool = False,
-                channels_last: bool = False, max_train: Optional[int] = 256, timeout: float = 600) -> Dict:
+                channels_last: bool = False, max_train: Optional[int] = 256, timeout: float = 600,
+                tasks=("digits", "animals")) -> Dict:
     """Are old tasks' probe logits bit-identical when computed in another
-    process? Two offline tasks (digits, animals: quick to load); process 1 trains and freezes
+    process? Two offline tasks (`tasks`: quick to load); process 1 trains and freezes
     task 1 (its checkpoint holds task 1's probe), process 2 resumes, trains
     task 2 and recomputes the probe. With cudnn.benchmark on, process 2 may
     pick other convolution algorithms: probes are computed with deterministic
@@ -364,7 +365,7 @@ def probe_check(out: Path, device: str = "cpu", model: str = "small_vgg", amp: b
     import subprocess
     import sys
     from .config import Config
-    cfg = Config(tasks=("digits", "animals"), model=model, device=device, amp=amp, channels_last=channels_last,
+    cfg = Config(tasks=tasks, model=model, device=device, amp=amp, channels_last=channels_last,
                  epochs=1, retrain_epochs=1, max_train=max_train, batch_size=64, lr=0.01)
     config = json.dumps(cfg.to_dict())
     code = "import sys; from packnet_edu.bench import _probe_stage; _probe_stage(int(sys.argv[1]), sys.argv[2], sys.argv[3])"
