@@ -5,10 +5,16 @@
 Every rank holds the whole model and the whole ownership map. What changes
 against one process:
 
-- each global batch (`cfg.batch_size` images, the paper's 32) is split
-  between the ranks, `batch[rank::world]`, from the *same* seeded shuffle a
-  single process uses, so with equal shards the averaged gradient is the
-  single-process gradient (the paper's hyperparameters keep their meaning);
+- `cfg.batch_size` is per GPU: a step on N ranks sees N x batch_size images
+  (each rank its own `batch_size`, the paper's 32: every GPU is fed a full
+  batch, and VGG-16-BN's first task computes BatchNorm statistics over 32
+  images, as on one GPU). The global batches come from the *same* seeded
+  shuffle a single process uses, each split `batch[rank::world]`;
+- the learning rates (`lr`, `retrain_lr`) are multiplied by N (the linear
+  scaling rule, Goyal et al. 2017): the averaged gradient of N x batch_size
+  images is then the single-process gradient of a batch N times larger at N
+  times the lr. To keep the paper's global batch of 32 on N GPUs instead, pass
+  --batch-size 32/N and the lr divided by N;
 - training steps run through DDP (gradients all-reduced, so every rank takes
   the same step; the engine's post-step restore then keeps old tasks exact on
   every rank);
@@ -91,18 +97,17 @@ class ShardedBatchSampler(torch.utils.data.Sampler):
 def sharded_loader(dataset, cfg: T.Config, train: bool, seed: int = 0) -> DataLoader:
     """loader_for's batches, each split between the ranks (training), or a
     strided shard of the dataset (evaluation: counts are summed afterwards)."""
+    from .vgg_data import image_loader
     r, w = dist.get_rank(), dist.get_world_size()
-    batch = cfg.batch_size if train else max(cfg.batch_size, 256)
-    if train:
+    if train:                                    # batch_size per rank: global batches of w x batch_size
         order = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
-        sampler = ShardedBatchSampler(BatchSampler(order, batch, drop_last=False), r, w)
+        sampler = ShardedBatchSampler(BatchSampler(order, cfg.batch_size * w, drop_last=False), r, w)
     else:
         indices = list(range(r, len(dataset), w))
-        sampler = BatchSampler(indices, max(1, batch // w), drop_last=False)
+        sampler = BatchSampler(indices, max(cfg.batch_size, 256), drop_last=False)
     if isinstance(dataset, TensorDataset):       # slice the tensors, one op per batch
         return DataLoader(dataset, batch_size=None, sampler=sampler)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
-                      pin_memory=cfg.device.startswith("cuda"), persistent_workers=cfg.workers > 0)
+    return image_loader(dataset, workers=cfg.workers, device=cfg.device, batch_sampler=sampler)
 
 
 # ------------------------------------------------------------------ model and evaluation
@@ -193,11 +198,22 @@ def distributed_runtime(build_model: Optional[Callable] = None) -> T.Runtime:
     return T.Runtime(**parts)
 
 
+def scaled_for_world(cfg: T.Config, world: int) -> T.Config:
+    """`cfg` for `world` ranks of `cfg.batch_size` images each: the learning
+    rates multiplied by `world` (the linear scaling rule); unchanged for one."""
+    import dataclasses
+    if world <= 1:
+        return cfg
+    return dataclasses.replace(cfg, lr=cfg.lr * world, retrain_lr=cfg.retrain_lr * world)
+
+
 def _on_this_rank(cfg: T.Config) -> T.Config:
-    """Join the process group torchrun describes; this rank's device in cfg."""
+    """Join the process group torchrun describes; this rank's device in cfg,
+    the learning rates scaled to the number of ranks."""
     import dataclasses
     device = init_from_env(cfg.device)
-    return cfg if device == cfg.device else dataclasses.replace(cfg, device=device)
+    cfg = cfg if device == cfg.device else dataclasses.replace(cfg, device=device)
+    return scaled_for_world(cfg, world_size())
 
 
 def run_packnet_distributed(cfg: T.Config, tasks: Optional[Sequence] = None,

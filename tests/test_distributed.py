@@ -1,7 +1,9 @@
 """PackNet under DistributedDataParallel: two CPU processes (gloo) against one.
 
-The two-process run splits every batch of the single-process shuffle between
-the ranks, so it must reach the same owner maps (ownership is decided by
+`batch_size` is per rank and the learning rates scale with the ranks: two
+ranks of 16 images at lr x2 take the steps one process takes with batches of
+32 at lr x2 (every global batch of the single-process shuffle split between
+the ranks), so they must reach the same owner maps (ownership is decided by
 weight magnitudes, which agree to rounding), with identical maps and weights
 on both ranks, and leave old tasks' weights bit-identical.
 """
@@ -92,7 +94,8 @@ def test_two_processes_match_one(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)         # as each rank; spare the shared CPU
     try:
-        single = D.run_packnet_distributed(CFG, tiny_tasks(), build_model=build, verbose=False)
+        one = dataclasses.replace(CFG, batch_size=2 * CFG.batch_size, lr=2 * CFG.lr, retrain_lr=2 * CFG.retrain_lr)
+        single = D.run_packnet_distributed(one, tiny_tasks(), build_model=build, verbose=False)
     finally:
         torch.set_num_threads(threads)
     assert not D.active()
@@ -117,6 +120,12 @@ def test_sharded_batches_partition_the_single_process_batches():
             if len(b) < world:
                 continue
             assert sorted(sum((g[i] for g in got), [])) == sorted(b)
+
+
+def test_learning_rates_scale_with_the_ranks():
+    assert D.scaled_for_world(CFG, 1) is CFG
+    four = D.scaled_for_world(CFG, 4)
+    assert (four.lr, four.retrain_lr, four.batch_size) == (4 * CFG.lr, 4 * CFG.retrain_lr, CFG.batch_size)
 
 
 def test_checksum_and_single_process_helpers():
