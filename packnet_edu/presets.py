@@ -2,10 +2,14 @@
 
 The paper's experiment (Mallya & Lazebnik, CVPR 2018, Sec. 4; shared/DESIGN.md):
 ImageNet-pretrained VGG-16, task 1 = ImageNet itself (no training, its
-pretrained fc8 as head), pruned 50% and retrained 10 epochs at lr 1e-4;
+pretrained fc8 as head), pruned 50% and retrained 10 epochs at lr 1e-4
+(x0.1 after 5, as the released scripts; train.retrain_lr_step);
 then CUBS, Stanford Cars and Flowers, each trained 20 epochs at lr 1e-3
 (x0.1 after 10), pruned 75% and retrained 10 epochs at lr 1e-4; the last task
-is not pruned. SGD with momentum 0.9, batch 32, no weight decay.
+is not pruned. SGD with momentum 0.9, batch 32 (per GPU under torchrun),
+no weight decay. Flowers trains on its train+val splits, as the paper.
+`workers=8` is capped at the usable cores less one (vgg_data.resolve_workers).
+Every remaining difference from the paper: docs/paper_deviations.md.
 
 Two details of how `train.run_packnet` runs this schedule:
 - the unpruned last task trains `epochs + retrain_epochs` = 30 epochs (the
