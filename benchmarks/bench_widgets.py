@@ -32,7 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from labdriver import chromium, controls, control_kind, errors, jupyter_lab, open_notebook, run_all, timed_move, views  # noqa: E402
+from labdriver import (chromium, close_notebook, control_kind, controls, errors, jupyter_lab,  # noqa: E402
+                       open_notebook, run_all, timed_move, views)
 from test_browser import WITH_WIDGETS  # noqa: E402
 
 TARGET_MS = 500
@@ -72,7 +73,7 @@ def bench_notebook(browser, base, token, name, moves, shots):
                     seen.add(state)
                 rows.append((name, f"view {i + 1}: {control_kind(control)} '{label(view, control)}'", first, again))
     finally:
-        page.close()
+        close_notebook(page)
     return ran, rows
 
 

@@ -714,19 +714,22 @@ def _share_image(shares: np.ndarray, width: int = 200) -> np.ndarray:
     return colours[idx]
 
 
-def _label_bands(ax, shares: np.ndarray, min_share: float = 0.12) -> None:
-    """Each task's number written inside its band (where it is widest), so the
-    heatmap does not depend on telling colours apart."""
-    edges = np.concatenate([np.zeros((len(shares), 1)), np.cumsum(shares, axis=1)], axis=1)
-    T = shares.shape[1] - 1
+def _label_bands(ax, shares: np.ndarray, min_share: float = 0.1) -> None:
+    """Each task's number written inside its band, so the heatmap does not
+    depend on telling colours apart: at the middle filter if the band is wide
+    enough there, else at the quartiles, eighths..., never on another label."""
+    n, T = len(shares), shares.shape[1] - 1
+    edges = np.concatenate([np.zeros((n, 1)), np.cumsum(shares, axis=1)], axis=1)
+    rows = list(dict.fromkeys(int(n * f) for f in (1 / 2, 1 / 4, 3 / 4, 1 / 8, 3 / 8, 5 / 8, 7 / 8, 0)))
+    placed = []
     for k in range(T):
-        i = int(np.argmax(shares[:, k]))
-        if shares[i, k] < min_share:
-            continue
-        rows = np.flatnonzero(shares[:, k] >= 0.8 * shares[i, k])
-        i = int(rows[len(rows) // 2])
-        ax.text((edges[i, k] + edges[i, k + 1]) / 2, i, str(k + 1), ha="center", va="center",
-                fontsize=12, color=text_color_on(task_color(k + 1)))
+        for i in rows:
+            x = (edges[i, k] + edges[i, k + 1]) / 2
+            if shares[i, k] >= min_share and all(abs(x - px) > 0.08 or abs(i - pi) > 0.12 * n for px, pi in placed):
+                placed.append((x, i))
+                ax.text(x, i, str(k + 1), ha="center", va="center", fontsize=12,
+                        color=text_color_on(task_color(k + 1)))
+                break
 
 
 @_styled

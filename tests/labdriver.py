@@ -109,13 +109,26 @@ def chromium():
 
 
 def open_notebook(browser, base: str, token: str, name: str):
-    """A 1280x720 page with notebook `name` open and its kernel idle."""
+    """A 1280x720 page with notebook `name` open (alone: `reset` drops the
+    workspace, which would reopen the previous notebooks) as the current
+    widget, and its kernel idle."""
     page = browser.new_page(viewport=VIEWPORT)
     page.set_default_timeout(60_000)
-    page.goto(f"{base}/lab/tree/{name}?token={token}", wait_until="domcontentloaded")
+    page.goto(f"{base}/lab/tree/{name}?reset&token={token}", wait_until="domcontentloaded")
     page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=120_000)
+    page.wait_for_function("(name) => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+                           " return w && w.context && w.context.path === name; }", arg=name, timeout=120_000)
     page.wait_for_function(KERNEL_IDLE, timeout=120_000)
     return page
+
+
+def close_notebook(page) -> None:
+    """Shut the notebook's kernel down (it would keep its memory and any
+    thread busy) and close the page."""
+    try:
+        page.evaluate("window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
+    finally:
+        page.close()
 
 
 def run_all(page, timeout_s: float = 600) -> None:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from labdriver import (CHROMIUM, NOTEBOOK_CONTROLS, chromium, controls, errors, jupyter_lab, open_notebook,
-                       output_images, run_all, timed_move, views)
+from labdriver import (CHROMIUM, NOTEBOOK_CONTROLS, chromium, close_notebook, controls, errors, jupyter_lab,
+                       open_notebook, output_images, run_all, timed_move, views)
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -93,4 +93,4 @@ def test_every_widget_redraws_its_figure(lab, name):
             assert im["shown"] >= im["wanted"] - 1, f"an image scaled down: {im}"
             assert im["shown"] <= im["column"] + 1, f"an image wider than the column: {im}"
     finally:
-        page.close()
+        close_notebook(page)
