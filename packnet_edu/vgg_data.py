@@ -146,11 +146,16 @@ def image_transforms(cropped: bool, train: bool, size: int = 224, decode: str = 
     return T.Compose(steps)
 
 
+_NORM: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor]] = {}
+
+
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """uint8 images (N, 3, H, W) in [0, 255] -> float32, ImageNet-normalised
     (what the "pil" path's ToTensor + Normalize compute), on x's device."""
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1) * 255
-    inv_std = 1.0 / (torch.tensor(STD, device=x.device).view(1, 3, 1, 1) * 255)
+    if x.device not in _NORM:     # made once per device: a copy to the GPU per batch would sync the host
+        mean = torch.tensor(MEAN).view(1, 3, 1, 1) * 255
+        _NORM[x.device] = (mean.to(x.device), (1.0 / (torch.tensor(STD).view(1, 3, 1, 1) * 255)).to(x.device))
+    mean, inv_std = _NORM[x.device]
     return (x.float() - mean).mul_(inv_std)
 
 
@@ -239,6 +244,10 @@ def image_loader(dataset, batch_size: int = 32, shuffle: bool = False, workers: 
                   collate_fn=_collate_encoded if gpu else None)
     if n > 0:
         kwargs["prefetch_factor"] = 4       # batches ready per worker: rides out slow files
+        # An evaluation loader (unshuffled) is built once per phase and read every
+        # epoch: its workers persist. A training loader is rebuilt every epoch (its
+        # seed), so persistent workers would only stay idle beside the new ones.
+        kwargs["persistent_workers"] = not shuffle and batch_sampler is None
     if batch_sampler is not None:
         loader = DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
     else:
