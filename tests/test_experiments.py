@@ -40,7 +40,7 @@ def test_compare_writes_a_report_that_checks_forgetting(tmp_path):
         assert (out / name).is_file(), name
     res = json.loads((out / "results.json").read_text())
     R = {m: v["matrix"] for m, v in res["methods"].items()}
-    assert set(R) == {"individual", "finetune", "classifier_only", "joint", "packnet"}
+    assert set(R) == {"individual", "finetune", "classifier_only", "joint", "lwf", "packnet"}
     # methods that cannot forget have constant columns; PackNet's is a bit-for-bit check
     for m in ("individual", "classifier_only", "packnet"):
         for j in range(3):
@@ -54,7 +54,7 @@ def test_compare_writes_a_report_that_checks_forgetting(tmp_path):
     assert "2 bit(s) per weight = 0.250 bytes per weight" in report
     lines = (out / "matrices.csv").read_text().splitlines()
     assert lines[0] == "method,after_task,on_task,accuracy"
-    assert len(lines) == 1 + 4 * 6 + 3      # 4 sequential methods x 6 cells (j <= i), joint 3
+    assert len(lines) == 1 + 5 * 6 + 3      # 5 sequential methods x 6 cells (j <= i), joint 3
 
     # `report` rewrites the same report from results.json alone
     (out / "report.md").unlink()
