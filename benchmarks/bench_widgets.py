@@ -39,13 +39,15 @@ from test_browser import WITH_WIDGETS  # noqa: E402
 TARGET_MS = 500
 STATE = """(i) => Array.from(document.querySelectorAll('.packnet-view')[i]
   .querySelectorAll('input[type=checkbox], select, .noUi-handle'))
-  .map(e => e.tagName === 'SELECT' ? e.value : e.type === 'checkbox' ? e.checked : e.getAttribute('aria-valuenow')).join('|')"""
+  .map(e => e.tagName === 'SELECT' ? e.value : e.type === 'checkbox' ? e.checked
+        : e.closest('.widget-slider, .widget-hslider').querySelector('.widget-readout').textContent).join('|')"""
 
 
 def label(view, control) -> str:
     """The control's description as the notebook shows it."""
-    return control.evaluate("""e => { const w = e.closest('.jupyter-widgets:not(.widget-inline-hbox) , .widget-inline-hbox');
-      const l = w && w.querySelector('.widget-label'); return (l && l.textContent.trim()) || e.tagName.toLowerCase(); }""")
+    return control.evaluate("""e => { const w = e.closest('.widget-inline-hbox');
+      const l = w && w.querySelector('.widget-label, .widget-label-basic');
+      return ((l && l.textContent) || '').replace(/[\u200b\s]+/g, ' ').trim() || e.tagName.toLowerCase(); }""")
 
 
 def bench_notebook(browser, base, token, name, moves, shots):
@@ -85,7 +87,7 @@ def screenshots(page, name, folder: Path) -> None:
         img.evaluate("e => e.scrollIntoView({block: 'start'})")
         page.wait_for_timeout(300)
         box = img.bounding_box()
-        path = folder / f"{Path(name).stem}-{k + 1}.png"
+        path = folder / f"{Path(name).stem}-{k + 1:02d}.png"
         page.screenshot(path=str(path))
         print(f"  {path.name}: figure {box['width']:.0f}x{box['height']:.0f} CSS px "
               f"at ({box['x']:.0f}, {box['y']:.0f})", flush=True)
@@ -115,6 +117,7 @@ def main(argv=None) -> int:
         root = Path(tmp) / "lab"
         root.mkdir()
         for n in names:
+            (root / n).parent.mkdir(parents=True, exist_ok=True)
             (root / n).write_bytes((ROOT / "notebooks" / n).read_bytes())
         with jupyter_lab(root, env, Path(tmp) / "lab.log") as (base, token):
             with chromium() as browser:

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import matplotlib
-import matplotlib.patheffects
 import numpy as np
 import torch
 from matplotlib.colors import to_rgb
@@ -489,23 +488,22 @@ def _draw_curve(ax, curve, legend: bool = True):
 
 
 class _CurveMarker:
-    """The circled point and its label on an accuracy-vs-ratio axes, movable."""
+    """The circled point on an accuracy-vs-ratio axes, movable; its accuracy
+    goes in the axes title (a label next to the point would sit on the
+    curves or the reference line)."""
 
     def __init__(self, ax, curve):
-        self.curve = curve
+        self.ax, self.curve = ax, curve
         self.before, = ax.plot([], [], "o", ms=16, mfc="none", mec=REFERENCE_COLOR, mew=2.5)
         self.after, = ax.plot([], [], "o", ms=16, mfc="none", mec=TEXT_COLOR, mew=2.5)
         self.line = ax.axvline(0, color="#999999", lw=1, zorder=0)
-        self.text = ax.text(0, 0, "", ha="center", va="bottom", fontsize=12, color=TEXT_COLOR)
 
     def move(self, i: int) -> None:
         p = self.curve[i]
         self.before.set_data([p["ratio"]], [p["before"]])
         self.after.set_data([p["ratio"]], [p["after"]])
         self.line.set_xdata([p["ratio"]])
-        x = min(max(p["ratio"], 0.08), 0.9)     # keep the label inside the axes
-        self.text.set_position((x, min(p["after"] + 4, 88)))
-        self.text.set_text(f"{p['after']:.1f}%")
+        self.ax.set_title(f"retrained: {p['after']:.1f}%")
 
 
 @_styled
@@ -522,7 +520,7 @@ def accuracy_vs_ratio(curve: Sequence[Mapping[str, float]], highlight: Optional[
     if highlight is not None:
         i = curve_index(curve, highlight)
         _CurveMarker(ax, curve).move(i)
-        shown = f": ratio {curve[i]['ratio']:.2f} circled"
+        shown = f": ratio {curve[i]['ratio']:.2f} circled, {curve[i]['after']:.1f}% retrained"
     ax.set_title(title or f"accuracy against prune ratio{shown}")
     return fig
 
@@ -558,7 +556,6 @@ class PruningPanel:
             h2, l2 = self.ax_curve.get_legend_handles_labels()
             self.fig.legend(h1 + h2, l1 + l2, frameon=False, loc="outside lower center", ncol=3,
                             columnspacing=1.2, handlelength=1.8)
-            self.ax_curve.set_title("test accuracy (%)")
         self._layer_key = None
 
     def show(self, weights: ArrayLike, ratio: float, layer: str = "") -> Figure:
@@ -793,8 +790,9 @@ def ownership_heatmap(owner: ArrayLike, task_names: Optional[Sequence[str]] = No
 class FilterEvolution:
     """One first-layer filter through every phase of a PackNet run, as in the
     paper's illustration: a grid of its kernel (e.g. 5x5) per phase. In each
-    cell a square in the colour of the task that owns the weight, its area
-    proportional to |w| (one scale for all phases), and the owner's number;
+    cell a square in the colour of the task that owns the weight, its side
+    growing with |w| (0.5 to 1 cell; one scale for all phases), and the
+    owner's number in it;
     free cells grey and hatched, without a number. (|w| is drawn as size,
     not as a paler shade: pale shades of different tasks look alike under
     colour-blindness.)
@@ -833,10 +831,7 @@ class FilterEvolution:
             ax.set_ylim(extent[2:])
             for (x0, y0), snap in zip(self.origins, snapshots):
                 ax.text(x0 + (kw - 1) / 2, y0 - 0.6, snap["label"], ha="center", va="bottom", fontsize=MIN_FONT_PT)
-            # dark digits with a white outline: legible on any square size and colour
-            outline = [matplotlib.patheffects.withStroke(linewidth=3, foreground="white")]
-            self.texts = [[[ax.text(x0 + c, y0 + r, "", ha="center", va="center", fontsize=MIN_FONT_PT,
-                                    color=TEXT_COLOR, path_effects=outline)
+            self.texts = [[[ax.text(x0 + c, y0 + r, "", ha="center", va="center", fontsize=MIN_FONT_PT)
                             for c in range(kw)] for r in range(kh)] for x0, y0 in self.origins]
             self.free = ax.add_collection(PatchCollection([], facecolor="none", edgecolor=HATCH_COLOR,
                                                           hatch=FREE_HATCH, lw=0))
@@ -867,10 +862,11 @@ class FilterEvolution:
                         texts[r][c].set_text("")
                         continue
                     cell[:] = back
-                    side = 0.25 + 0.75 * np.sqrt(w[r, c])               # area ~ |w|
+                    side = 0.5 + 0.5 * np.sqrt(w[r, c])    # grows with |w|; never too small for the digit
                     m = int(round((S - 2) * (1 - side) / 2))
                     cell[m:S - 2 - m, m:S - 2 - m] = to_rgb(task_color(k))
                     texts[r][c].set_text(str(k))
+                    texts[r][c].set_color(text_color_on(task_color(k)))
         self.image.set_data(canvas)
         self.free.set_paths(free)
         self.fig.suptitle(self.title or f"conv1 filter {f}: owner (colour, number), |w| (square size) per phase")

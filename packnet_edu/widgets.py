@@ -18,6 +18,8 @@ kept, so going back to a value costs nothing.
 from __future__ import annotations
 
 import io
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -54,27 +56,83 @@ def render_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _view(controls, key: Callable[[], tuple], draw: Callable, header):
-    """`header` above an Image showing draw()'s figure, redrawn whenever one
-    of `controls` changes; each key's PNG is kept. Returns the VBox (CSS
-    class VIEW_CLASS)."""
+class _Prefetcher(threading.Thread):
+    """Renders, while the kernel is idle, the PNGs of the states one move away
+    from the current one (nearest first, at most PREFETCH), so that the next
+    move only swaps an image. One lock serialises every render of a view:
+    its figure is drawn by one thread at a time, and a move waits for at
+    most the one render in progress."""
+
+    PREFETCH = 12
+
+    def __init__(self, pngs: Dict[tuple, tuple], lock, render: Callable[[tuple], tuple],
+                 nearby: Callable[[tuple], Sequence[tuple]]):
+        super().__init__(daemon=True, name="packnet-prefetch")
+        self.pngs, self.lock, self.render, self.nearby = pngs, lock, render, nearby
+        self.wake, self.current = threading.Event(), None
+
+    def moved(self, key: tuple) -> None:
+        self.current = key
+        self.wake.set()
+
+    def run(self) -> None:
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            for k in list(self.nearby(self.current))[:self.PREFETCH]:
+                if self.wake.is_set():          # the user moved: start again from the new state
+                    break
+                time.sleep(0.02)                # let the kernel answer its messages first
+                with self.lock:
+                    if k not in self.pngs:
+                        try:
+                            self.pngs[k] = self.render(k)
+                        except Exception:       # a state that cannot be drawn is drawn (and fails) on demand
+                            pass
+
+
+def _view(controls, key: Callable[[], tuple], draw: Callable[[tuple], object], header,
+          nearby: Optional[Callable[[tuple], Sequence[tuple]]] = None, lock=None):
+    """`header` above an Image showing draw(key())'s figure, redrawn whenever
+    one of `controls` changes; each key's PNG is kept, and the keys
+    `nearby(key)` lists (one move away, nearest first) are rendered ahead
+    while the kernel is idle. `lock` (an RLock) serialises the renders with
+    anything else that draws the same figure. Returns the VBox (CSS class
+    VIEW_CLASS)."""
     import ipywidgets as W
-    pngs: Dict[tuple, bytes] = {}
+    pngs: Dict[tuple, tuple] = {}
+    lock = lock or threading.RLock()
     image = W.Image(format="png")
+
+    def render(k: tuple) -> tuple:
+        fig = draw(k)
+        return render_png(fig), str(int(round(fig.get_figwidth() * fig.dpi)))   # CSS px: shown 1:1
+
+    prefetch = _Prefetcher(pngs, lock, render, nearby) if nearby else None
 
     def redraw(_=None):
         k = key()
-        if k not in pngs:
-            fig = draw()
-            pngs[k] = render_png(fig)
-            image.width = str(int(round(fig.get_figwidth() * fig.dpi)))    # CSS px: shown 1:1
-        image.value = pngs[k]
+        with lock:
+            if k not in pngs:
+                pngs[k] = render(k)
+        image.value, image.width = pngs[k]      # widget traits: set from the kernel's thread only
+        if prefetch:
+            prefetch.moved(k)
     redraw()
     for control in controls:
         control.observe(redraw, names="value")
+    if prefetch:
+        prefetch.start()
+        prefetch.moved(key())
     box = W.VBox([header, image])
     box.add_class(VIEW_CLASS)
     return box
+
+
+def _by_distance(options: Sequence, current) -> list:
+    """`options` other than `current`, nearest (in list position) first."""
+    i = list(options).index(current)
+    return sorted((o for j, o in enumerate(options) if j != i), key=lambda o: abs(list(options).index(o) - i))
 
 
 # ------------------------------------------------------------ notebook 3: pruning
@@ -126,7 +184,8 @@ def on_ratio_change(state: PruningState, ratio: float, layer: Optional[str] = No
 
 def pruning_explorer(state: PruningState):
     """A ratio slider over the curve's own grid and a layer dropdown above
-    the pruning view; moving either redraws it."""
+    the pruning view (the figure on_ratio_change draws); moving either
+    redraws it."""
     import ipywidgets as W
     slider = W.SelectionSlider(options=[(f"{r:.2f}", r) for r in state.ratios],
                                value=state.snap(0.5), description="prune ratio", continuous_update=False,
@@ -134,8 +193,18 @@ def pruning_explorer(state: PruningState):
     layer = W.Dropdown(options=list(state.weights), value=state.layer, description="layer",
                        layout=W.Layout(width="240px"), style={"description_width": "50px"})
 
-    return _view([slider, layer], lambda: (layer.value, slider.value),
-                 lambda: on_ratio_change(state, slider.value, layer.value), W.HBox([slider, layer]))
+    layers = list(state.weights)
+    panel = plots.PruningPanel(state.curve)     # its own figure: it is drawn ahead in the background
+
+    def draw(k):
+        return panel.show(state.weights[k[0]], state.snap(k[1]), k[0])
+
+    layer.observe(lambda change: setattr(state, "layer", change["new"]), names="value")    # the state follows
+
+    def nearby(k):       # the other ratios of this layer, then this ratio in the other layers
+        return ([(k[0], r) for r in _by_distance(state.ratios, k[1])]
+                + [(name, k[1]) for name in _by_distance(layers, k[0])])
+    return _view([slider, layer], lambda: (layer.value, slider.value), draw, W.HBox([slider, layer]), nearby)
 
 
 # ------------------------------------------------------------ notebook 4: capacity plan
@@ -152,8 +221,16 @@ def schedule_explorer(task_names: Sequence[str], ratios: Sequence[float]):
                              style={"description_width": "90px"})
                for k, (n, r) in enumerate(zip(task_names, ratios), start=1)]
     values = lambda: tuple(round(s.value, 4) for s in sliders)
-    return _view(sliders, values, lambda: on_schedule_change(values(), task_names),
-                 W.VBox([W.HBox(sliders[i:i + 2]) for i in range(0, len(sliders), 2)]))
+
+    def nearby(k):       # each slider one step up or down
+        out = []
+        for i, step in ((i, d) for i in range(len(k)) for d in (0.05, -0.05)):
+            v = round(k[i] + step, 4)
+            if 0.0 <= v <= 0.95:
+                out.append(k[:i] + (v,) + k[i + 1:])
+        return out
+    return _view(sliders, values, lambda k: on_schedule_change(k, task_names),
+                 W.VBox([W.HBox(sliders[i:i + 2]) for i in range(0, len(sliders), 2)]), nearby)
 
 
 # ------------------------------------------------------------ notebook 5: one filter
@@ -182,7 +259,8 @@ def filter_explorer(snapshots: Sequence[Mapping], task_names: Optional[Sequence[
                       value=default_filter(snapshots) if filter_index is None else filter_index,
                       description="filter")
     view = plots.FilterEvolution(snapshots, task_names)
-    return _view([pick], lambda: (pick.value,), lambda: view.show(pick.value), pick)
+    return _view([pick], lambda: (pick.value,), lambda k: view.show(k[0]), pick,
+                 lambda k: [(f,) for f in _by_distance(range(n), k[0])])
 
 
 # ------------------------------------------------------------ notebook 6: masks
@@ -199,6 +277,9 @@ def mask_explorer(owner_maps: Mapping[str, torch.Tensor], task_names: Optional[S
     import ipywidgets as W
     pick = W.Dropdown(options=list(owner_maps), value=layer or next(iter(owner_maps)), description="layer")
     sort = W.Checkbox(value=True, description="sort filters by share")
+    layers = list(owner_maps)
+
+    def nearby(k):       # the other order of this layer, then the neighbouring layers
+        return [(k[0], not k[1])] + [(name, k[1]) for name in _by_distance(layers, k[0])]
     return _view([pick, sort], lambda: (pick.value, sort.value),
-                 lambda: on_layer_change(owner_maps, pick.value, task_names, sort.value),
-                 W.HBox([pick, sort]))
+                 lambda k: on_layer_change(owner_maps, k[0], task_names, k[1]), W.HBox([pick, sort]), nearby)

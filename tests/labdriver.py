@@ -40,8 +40,9 @@ RUN_ALL_DONE = (
     " && (failed || cells.every(c => c.model.executionCount !== null)); }")
 ERRORS = ("() => window.jupyterapp.shell.currentWidget.content.widgets"
           ".filter(c => c.model.type === 'code')"
-          ".flatMap(c => c.model.outputs.toJSON()).filter(o => o.output_type === 'error')"
-          ".map(o => o.ename + ': ' + o.evalue)")
+          ".flatMap((c, i) => c.model.outputs.toJSON().filter(o => o.output_type === 'error')"
+          ".map(o => `code cell ${i + 1}: ${o.ename}: ${o.evalue} | `"
+          " + c.model.sharedModel.source.split('\\n').slice(0, 3).join(' / ')))")
 
 
 def free_port() -> int:

@@ -37,8 +37,8 @@ def has_widgets(path: Path) -> bool:
     return "_explorer(" in code or "ipywidgets" in code
 
 
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-WITH_WIDGETS = [p.name for p in NOTEBOOKS if has_widgets(p)]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")) + sorted((ROOT / "notebooks").glob("solutions/*.ipynb"))
+WITH_WIDGETS = [p.relative_to(ROOT / "notebooks").as_posix() for p in NOTEBOOKS if has_widgets(p)]
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,7 @@ def lab(tmp_path_factory):
     root = tmp / "lab"
     root.mkdir()
     for name in WITH_WIDGETS:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / "notebooks" / name, root / name)
     env = {"PACKNET_FAST": "1", "PACKNET_CACHE": str(tmp / "cache")}
     with jupyter_lab(root, env, tmp / "lab.log") as (base, token):
