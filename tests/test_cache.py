@@ -167,3 +167,18 @@ def test_pruning_study_reference_and_grid(monkeypatch):
 def test_fast_mode_values(monkeypatch, value, fast):
     monkeypatch.setenv("PACKNET_FAST", value)
     assert cache.fast_mode() is fast
+
+
+def test_thread_count_is_part_of_the_key():
+    """CPU results differ in their last bits between thread counts: a result made
+    with another count is recomputed (notebook 4 compares two runs exactly)."""
+    import torch
+    n = torch.get_num_threads()
+    k = cache.cache_key("m", Config())
+    try:
+        torch.set_num_threads(n + 1)
+        assert cache.cache_key("m", Config()) != k
+        assert "threads: %d -> %d" % (n, n + 1) in "; ".join(cache._differences(k, cache.cache_key("m", Config())))
+    finally:
+        torch.set_num_threads(n)
+    assert cache.cache_key("m", Config()) == k
