@@ -10,8 +10,11 @@ the same driver as tests/test_browser.py). Each notebook that has widgets is
 run top to bottom (results come from the notebooks' cache, `cache/` or
 PACKNET_CACHE: a warm cache makes this quick), then every control of every
 view is moved `--moves` times as a user would. A move that shows a state of
-the view not shown before is a *first visit* (the figure is drawn); one that
-comes back to a state is a *revisit* (the view's kept PNG). The time is
+the view not shown before is a *first visit*; one that comes back to a state
+is a *revisit* (the view's kept PNG). Between two moves the benchmark waits
+`--pause` seconds, as a lecturer does (the views use that time to draw ahead
+the states one move away; `--pause 0` measures a move that finds nothing
+drawn ahead). The time is
 measured in the page: the first input event on the view (captured before any
 widget code sees it) to the second animation frame after the new image is
 decoded. Printed per control: median and worst of each kind, beside the
@@ -50,7 +53,7 @@ def label(view, control) -> str:
       return ((l && l.textContent) || '').replace(/[\u200b\s]+/g, ' ').trim() || e.tagName.toLowerCase(); }""")
 
 
-def bench_notebook(browser, base, token, name, moves, shots):
+def bench_notebook(browser, base, token, name, moves, shots, pause):
     page = open_notebook(browser, base, token, name)
     rows = []
     try:
@@ -69,6 +72,7 @@ def bench_notebook(browser, base, token, name, moves, shots):
                 control = controls(view).nth(j)
                 first, again = [], []
                 for _ in range(moves):
+                    page.wait_for_timeout(pause * 1000)
                     ms = timed_move(page, i, control)["ms"]
                     state = page.evaluate(STATE, i)
                     (again if state in seen else first).append(ms)
@@ -102,6 +106,7 @@ def fmt(values) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--moves", type=int, default=8, help="moves per control (default 8)")
+    ap.add_argument("--pause", type=float, default=1.0, help="seconds between moves (default 1)")
     ap.add_argument("--full", action="store_true", help="full mode (default: PACKNET_FAST=1)")
     ap.add_argument("--notebooks", nargs="*", default=WITH_WIDGETS, help="which (default: all with widgets)")
     ap.add_argument("--screenshots", type=Path, help="save a screenshot of every figure here")
@@ -111,7 +116,7 @@ def main(argv=None) -> int:
     if os.environ.get("PACKNET_CACHE"):
         env["PACKNET_CACHE"] = os.environ["PACKNET_CACHE"]
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; {'full' if args.full else 'fast'} mode; "
-          f"{args.moves} moves per control; chromium 1280x720", flush=True)
+          f"{args.moves} moves per control, {args.pause:g} s apart; chromium 1280x720", flush=True)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "lab"
@@ -122,7 +127,7 @@ def main(argv=None) -> int:
         with jupyter_lab(root, env, Path(tmp) / "lab.log") as (base, token):
             with chromium() as browser:
                 for n in names:
-                    ran, rows = bench_notebook(browser, base, token, n, args.moves, args.screenshots)
+                    ran, rows = bench_notebook(browser, base, token, n, args.moves, args.screenshots, args.pause)
                     print(f"{n}: ran in {ran:.0f} s", flush=True)
                     results += rows
     print(f"\nresponse time (ms), input event to new image painted; target {TARGET_MS} ms")

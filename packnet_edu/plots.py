@@ -288,8 +288,8 @@ def accuracy_bars(results: Mapping[str, Sequence[float]], task_names: Optional[S
     ax.set_yticks(range(0, 101, 20))
     ax.set_ylabel("test accuracy (%)")
     if len(methods) > 1:
-        handles = [Patch(facecolor="#888888", hatch=hatches[m % len(hatches)], edgecolor="white", label=name)
-                   for m, name in enumerate(methods)]
+        handles = [Patch(facecolor="white", hatch=hatches[m % len(hatches)], edgecolor=TEXT_COLOR, label=name)
+                   for m, name in enumerate(methods)]     # the method's hatching, visible on white
         fig.legend(handles=handles, frameon=False, loc="outside lower center", ncol=len(methods))
     ax.set_title(title)
     return fig
