@@ -183,7 +183,7 @@ def compare(cfg: Config, out: Path, methods=None, sweep=(0.25, 0.5, 0.75, 0.9), 
     OUT/matrices.csv, OUT/report.md and figures. PackNet's run is checkpointed
     (OUT/packnet/checkpoint.pt) and its forgetting checked bit for bit.
     Every argument and the output folders are checked before any training."""
-    from .baselines import METHODS, run_method
+    from .baselines import METHODS, network_memory, run_method
     from .metrics import average_accuracy, capacity_shares
     from .train import load_tasks, prune_schedule
     methods = list(methods or METHODS)
@@ -211,9 +211,10 @@ def compare(cfg: Config, out: Path, methods=None, sweep=(0.25, 0.5, 0.75, 0.9), 
                 r = run_packnet_to(cfg, out / "packnet", verbose=False, overwrite=overwrite)
                 entry = {k: r[k] for k in ("matrix", "ratios", "outputs_identical")}
                 entry.update(shares=capacity_shares(r["owned"], len(tasks)), owned=r["owned"],
-                             mask_bits=ck.bits_for(r["engine"].num_tasks))
+                             mask_bits=ck.bits_for(r["engine"].num_tasks),
+                             memory=network_memory(r["model"], engine=r["engine"]))
             else:
-                entry = {"matrix": run_method(m, cfg, tasks)["matrix"]}
+                entry = {k: v for k, v in run_method(m, cfg, tasks).items() if k in ("matrix", "memory")}
             entry["seconds"] = time.time() - t0
             results["methods"][m] = entry
             if verbose:
