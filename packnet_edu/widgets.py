@@ -69,17 +69,18 @@ class _Prefetcher(threading.Thread):
                  nearby: Callable[[tuple], Sequence[tuple]]):
         super().__init__(daemon=True, name="packnet-prefetch")
         self.pngs, self.lock, self.render, self.nearby = pngs, lock, render, nearby
-        self.wake, self.current = threading.Event(), None
+        self.wake, self.current, self.previous = threading.Event(), None, None
 
     def moved(self, key: tuple) -> None:
-        self.current = key
+        if key != self.current:
+            self.previous, self.current = self.current, key
         self.wake.set()
 
     def run(self) -> None:
         while True:
             self.wake.wait()
             self.wake.clear()
-            for k in list(self.nearby(self.current))[:self.PREFETCH]:
+            for k in list(self.nearby(self.current, self.previous))[:self.PREFETCH]:
                 if self.wake.is_set():          # the user moved: start again from the new state
                     break
                 time.sleep(0.02)                # let the kernel answer its messages first
@@ -92,10 +93,10 @@ class _Prefetcher(threading.Thread):
 
 
 def _view(controls, key: Callable[[], tuple], draw: Callable[[tuple], object], header,
-          nearby: Optional[Callable[[tuple], Sequence[tuple]]] = None, lock=None):
+          nearby: Optional[Callable[[tuple, Optional[tuple]], Sequence[tuple]]] = None, lock=None):
     """`header` above an Image showing draw(key())'s figure, redrawn whenever
     one of `controls` changes; each key's PNG is kept, and the keys
-    `nearby(key)` lists (one move away, nearest first) are rendered ahead
+    `nearby(key, previous key)` lists (one move away, nearest first) are rendered ahead
     while the kernel is idle. `lock` (an RLock) serialises the renders with
     anything else that draws the same figure. Returns the VBox (CSS class
     VIEW_CLASS)."""
@@ -129,10 +130,15 @@ def _view(controls, key: Callable[[], tuple], draw: Callable[[tuple], object], h
     return box
 
 
-def _by_distance(options: Sequence, current) -> list:
-    """`options` other than `current`, nearest (in list position) first."""
-    i = list(options).index(current)
-    return sorted((o for j, o in enumerate(options) if j != i), key=lambda o: abs(list(options).index(o) - i))
+def _by_distance(options: Sequence, current, previous=None) -> list:
+    """`options` other than `current`, nearest (in list position) first; at
+    equal distance, the one further in the direction of the last move (from
+    `previous`): a lecturer walking a slider keeps walking."""
+    options = list(options)
+    i = options.index(current)
+    step = 0 if previous not in options else (1 if options.index(previous) < i else -1)
+    return sorted((o for j, o in enumerate(options) if j != i),
+                  key=lambda o: (abs(options.index(o) - i), (options.index(o) - i) * step < 0))
 
 
 # ------------------------------------------------------------ notebook 3: pruning
@@ -201,8 +207,9 @@ def pruning_explorer(state: PruningState):
 
     layer.observe(lambda change: setattr(state, "layer", change["new"]), names="value")    # the state follows
 
-    def nearby(k):       # the other ratios of this layer, then this ratio in the other layers
-        return ([(k[0], r) for r in _by_distance(state.ratios, k[1])]
+    def nearby(k, prev):     # the other ratios of this layer, then this ratio in the other layers
+        last = prev[1] if prev and prev[0] == k[0] else None
+        return ([(k[0], r) for r in _by_distance(state.ratios, k[1], last)]
                 + [(name, k[1]) for name in _by_distance(layers, k[0])])
     return _view([slider, layer], lambda: (layer.value, slider.value), draw, W.HBox([slider, layer]), nearby)
 
@@ -222,12 +229,15 @@ def schedule_explorer(task_names: Sequence[str], ratios: Sequence[float]):
                for k, (n, r) in enumerate(zip(task_names, ratios), start=1)]
     values = lambda: tuple(round(s.value, 4) for s in sliders)
 
-    def nearby(k):       # each slider one step up or down
+    def nearby(k, prev):     # each slider one step up or down; the one just moved, onward, first
+        moved = [i for i in range(len(k)) if prev and prev[i] != k[i]]
         out = []
-        for i, step in ((i, d) for i in range(len(k)) for d in (0.05, -0.05)):
-            v = round(k[i] + step, 4)
-            if 0.0 <= v <= 0.95:
-                out.append(k[:i] + (v,) + k[i + 1:])
+        for i in moved + [i for i in range(len(k)) if i not in moved]:
+            onward = 0.05 if not (i in moved and prev[i] > k[i]) else -0.05
+            for step in (onward, -onward):
+                v = round(k[i] + step, 4)
+                if 0.0 <= v <= 0.95:
+                    out.append(k[:i] + (v,) + k[i + 1:])
         return out
     return _view(sliders, values, lambda k: on_schedule_change(k, task_names),
                  W.VBox([W.HBox(sliders[i:i + 2]) for i in range(0, len(sliders), 2)]), nearby)
@@ -260,7 +270,7 @@ def filter_explorer(snapshots: Sequence[Mapping], task_names: Optional[Sequence[
                       description="filter")
     view = plots.FilterEvolution(snapshots, task_names)
     return _view([pick], lambda: (pick.value,), lambda k: view.show(k[0]), pick,
-                 lambda k: [(f,) for f in _by_distance(range(n), k[0])])
+                 lambda k, prev: [(f,) for f in _by_distance(range(n), k[0], prev and prev[0])])
 
 
 # ------------------------------------------------------------ notebook 6: masks
@@ -279,7 +289,7 @@ def mask_explorer(owner_maps: Mapping[str, torch.Tensor], task_names: Optional[S
     sort = W.Checkbox(value=True, description="sort filters by share")
     layers = list(owner_maps)
 
-    def nearby(k):       # the other order of this layer, then the neighbouring layers
-        return [(k[0], not k[1])] + [(name, k[1]) for name in _by_distance(layers, k[0])]
+    def nearby(k, prev):     # the other order of this layer, then the neighbouring layers
+        return [(k[0], not k[1])] + [(name, k[1]) for name in _by_distance(layers, k[0], prev and prev[0])]
     return _view([pick, sort], lambda: (pick.value, sort.value),
                  lambda k: on_layer_change(owner_maps, k[0], task_names, k[1]), W.HBox([pick, sort]), nearby)

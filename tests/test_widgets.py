@@ -144,3 +144,9 @@ def test_on_layer_change():
     box.children[0].children[1].value = False
     seen.add(image.value)
     assert len(seen) == 3
+
+
+def test_drawing_ahead_follows_the_direction_of_travel():
+    assert widgets._by_distance([0, 1, 2, 3, 4], 2) == [1, 3, 0, 4]
+    assert widgets._by_distance([0, 1, 2, 3, 4], 2, previous=1) == [3, 1, 4, 0]     # moving right
+    assert widgets._by_distance([0, 1, 2, 3, 4], 2, previous=3) == [1, 3, 0, 4]     # moving left
