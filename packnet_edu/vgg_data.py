@@ -166,10 +166,11 @@ def read_rgb(path: str) -> torch.Tensor:
     return decode_image(read_file(path), mode=ImageReadMode.RGB)
 
 
-def read_bytes(path: str) -> torch.Tensor:
-    """A file's bytes as a 1-D uint8 tensor (GPU decoding: workers only read)."""
-    from torchvision.io import read_file
-    return read_file(path)
+def read_bytes(path: str) -> np.ndarray:
+    """A file's bytes as a 1-D uint8 array (GPU decoding: workers only read).
+    A numpy array, not torchvision.io.read_file's tensor: that tensor's memory
+    cannot be shared with the main process, and the batch would be lost."""
+    return np.fromfile(path, dtype=np.uint8)
 
 
 class GpuDecode:
@@ -180,8 +181,9 @@ class GpuDecode:
     def __init__(self, transform):
         self.transform = transform
 
-    def __call__(self, encoded: List[torch.Tensor], device) -> torch.Tensor:
+    def __call__(self, encoded: List[np.ndarray], device) -> torch.Tensor:
         from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+        encoded = [torch.from_numpy(e) for e in encoded]
         jpeg = [i for i, e in enumerate(encoded) if e[:2].tolist() == [0xFF, 0xD8]]
         images: List[Optional[torch.Tensor]] = [None] * len(encoded)
         if jpeg:

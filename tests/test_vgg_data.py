@@ -134,6 +134,7 @@ def test_loaders_and_paper_transforms(prepared):
     assert x.dtype == torch.float32 and -2.2 < float(x.min()) and float(x.max()) < 2.7   # ImageNet-normalised
 
 
+@pytest.mark.timeout(240)
 def test_fast_and_gpu_decode_paths_match_the_reference(prepared, tmp_path):
     """Evaluation images (deterministic transforms) through the three decode
     paths: "cpu" and "gpu" (here decoded by libjpeg: the same code path, on the
@@ -149,6 +150,12 @@ def test_fast_and_gpu_decode_paths_match_the_reference(prepared, tmp_path):
     assert torch.equal(yc, yp)
     one_level = 1 / (255 * min(vd.STD))
     assert (vd.normalize(xc) - xp).abs().max() <= one_level + 1e-5
+    # through a worker process, the same batches (encoded images must cross the
+    # process boundary: a batch that cannot be pickled is lost and the loader hangs)
+    for d in ("cpu", "gpu"):
+        alone = torch.cat([x for x, _ in vd.image_loader(test[d], batch_size=8)])
+        worker = torch.cat([x for x, _ in vd.image_loader(test[d], batch_size=8, workers=1)])
+        assert torch.equal(alone, worker), d
     # grayscale JPEGs and PNGs named .jpg (ImageNet has both) decode to RGB on every path
     d = tmp_path / "odd" / "c0"
     d.mkdir(parents=True)
