@@ -177,8 +177,9 @@ def step_probe(out, smoke):
 STEPS = {"env": step_env, "bench32": step_bench32, "bench64": step_bench64,
          "bench32_restore": step_bench32_restore, "loader": step_loader, "loop": step_loop, "probe": step_probe}
 # steps a child runs together (one import of torch); each has its own limit (seconds: GPU, smoke)
-GROUPS = [("measure", ["env", "bench32", "bench64", "bench32_restore", "loader", "loop"], 300, 240),
-          ("probe", ["probe"], 150, 240)]
+GROUPS = [("measure", ["env", "bench32", "bench64", "bench32_restore"], 200, 150),
+          ("data", ["loader", "loop"], 200, 150),
+          ("probe", ["probe"], 150, 200)]
 
 
 def run_group(names, out: Path, smoke: bool) -> int:
