@@ -25,7 +25,9 @@ the training images is held out, fixed by a seed.
 `load_image_tasks(names, root)` returns `data.Task`s with the paper's
 transforms: cropped sets (cubs, cars) resized to 224x224; the others resized
 to 256 and randomly cropped to 224 (centre crop for evaluation); random
-left-right flips for training; ImageNet normalisation.
+left-right flips for training; Flowers trains on train+val, as the paper.
+Images stay uint8 until the device (`image_loader`, `normalize`: ImageNet
+normalisation there); `check_inputs` checks weights and datasets first.
 """
 from __future__ import annotations
 
