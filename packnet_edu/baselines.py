@@ -216,11 +216,12 @@ def lwf_loss(old_classes: Sequence[int], temperature: float = LWF_TEMPERATURE, t
 
 
 def lwf_phases(cfg: Config, t: int, num_tasks: int) -> List[Tuple[int, float, bool]]:
-    """[(epochs, lr, head only), ...]: `task_phases`, the first LWF_WARMUP of
-    the first phase training the new head alone (the same epoch budget)."""
+    """[(epochs, lr, head only), ...]: `task_phases`, whose first
+    round(LWF_WARMUP * epochs) epochs train the new head alone (the same
+    epoch budget; the unpruned last task's extra epochs do not lengthen it)."""
     phases = task_phases(cfg, t, num_tasks)
     (first, lr), rest = phases[0], phases[1:]
-    warmup = round(LWF_WARMUP * first) if t > 1 else 0
+    warmup = round(LWF_WARMUP * cfg.epochs) if t > 1 else 0
     out = [(warmup, lr, True), (first - warmup, lr, False)] + [(e, l, False) for e, l in rest]
     return [p for p in out if p[0] > 0]
 
