@@ -6,7 +6,8 @@
 1. loader images/s per worker, the reference transform path ("pil": PIL
    decode, Resize 256, RandomCrop 224, flip, ToTensor, Normalize) against the
    default one ("cpu": torchvision.io decode, v2 transforms on uint8,
-   normalised on the device), on synthetic 500x375 JPEGs;
+   normalised on the device), on synthetic 500x375 JPEGs: one worker's work
+   timed in this process (interleaved trials), then through the DataLoader;
 2. the protection's bytes per step for VGG-16 at the preset's state (task 2
    training, task 1 frozen) in both modes, and the protected/plain ratio that
    traffic implies for a plain step of --plain-step-ms at 3 TB/s (an estimate);
@@ -36,13 +37,17 @@ def main(argv=None) -> int:
     out = {}
     with tempfile.TemporaryDirectory(prefix="packnet-bench-") as tmp:
         folder = bench.make_jpegs(Path(tmp), args.images)
-        out["loader"] = [bench.bench_loader(folder, d, args.workers) for d in ("pil", "cpu")]
-    print("1. loader, 500x375 JPEGs -> 224x224 training images, batch 32")
+        w = out["per_worker"] = bench.bench_per_worker(folder)
+        out["loader"] = [bench.bench_loader(folder, d, args.workers, batch_size=8) for d in ("pil", "cpu")]
+    print("1. loader, 500x375 JPEGs -> 224x224 training images")
+    print(f"   per worker (one thread, {w['images']} images, median of {w['trials']} interleaved trials):")
+    for d in ("pil", "cpu"):
+        print(f"   {d:4s} path: {w['ms_per_image'][d]:6.2f} ms per image = "
+              f"{w['images_per_s_per_worker'][d]:7.1f} images/s per worker")
+    print(f"   new/old per worker: {w['images_per_s_per_worker']['cpu'] / w['images_per_s_per_worker']['pil']:.2f}x")
     for r in out["loader"]:
-        print(f"   {r['decode']:4s} path: {r['images_per_s']:7.1f} images/s with {r['workers']} worker(s) = "
-              f"{r['images_per_s_per_worker']:7.1f} images/s per worker")
-    old, new = (r["images_per_s_per_worker"] for r in out["loader"])
-    print(f"   new/old per worker: {new / old:.2f}x")
+        print(f"   through DataLoader, {r['decode']:4s} path, {r['workers']} worker(s), batch 8: "
+              f"{r['images_per_s']:7.1f} images/s ({r['images']} images timed)")
     cost = out["protection"] = bench.protection_cost("vgg16", args.plain_step_ms)
     print(f"2. protection of VGG-16 ({cost['packed_weights']:,} packed weights), task 2 training, batch 32:")
     for mode in ("mask", "restore"):

@@ -296,6 +296,33 @@ def bench_loader(folder: Path, decode: str = "cpu", workers: Optional[int] = Non
             "images_per_s_per_worker": ips / max(n_workers, 1)}
 
 
+def bench_per_worker(folder: Path, decodes=("pil", "cpu"), trials: int = 4, image_size: int = 224) -> Dict:
+    """What one loader worker does per image (read, decode, training
+    transforms; the "cpu" path's normalisation included, though training does
+    it on the device), timed in this process on one thread, the decode paths
+    interleaved trial by trial: images/s per worker, free of worker start-up
+    and of the noise of a few batches."""
+    from .vgg_data import _image_folder, normalize
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                 # a worker runs on one thread
+    try:
+        sets = {d: _image_folder(folder, cropped=False, train=True, size=image_size, decode=d) for d in decodes}
+        ms = {d: [] for d in decodes}
+        for trial in range(trials):
+            for d in (decodes if trial % 2 == 0 else decodes[::-1]):
+                t0 = time.perf_counter()
+                for i in range(len(sets[d])):
+                    x, _ = sets[d][i]
+                    if x.dtype == torch.uint8:
+                        normalize(x[None])
+                ms[d].append(1000 * (time.perf_counter() - t0) / len(sets[d]))
+    finally:
+        torch.set_num_threads(threads)
+    med = {d: statistics.median(v) for d, v in ms.items()}
+    return {"part": "per_worker", "images": len(next(iter(sets.values()))), "trials": trials,
+            "ms_per_image": med, "ms_per_image_trials": ms, "images_per_s_per_worker": {d: 1000 / v for d, v in med.items()}}
+
+
 def bench_loop(folder: Path, model_name: str = "vgg16", device: str = "cuda", decode: str = "cpu",
                workers: Optional[int] = None, batch_size: int = PRESET_BATCH, image_size: int = 224,
                amp: bool = True, channels_last: bool = True, epochs: int = 2) -> Dict:
