@@ -124,7 +124,7 @@ class Protection:
         return all(opt.state.get(p, {}).get("momentum_buffer") is None for p in frozen)
 
     def _before(self, *_) -> None:
-        self.engine.check_module()     # weights replaced, moved or cast since the snapshot?
+        self.engine.check_module(quick=True)   # weights replaced, moved or cast since the snapshot?
         if self._generation != self.engine.generation:
             self.mode = "mask" if self._masking_is_exact() else "restore"
             self._generation = self.engine.generation
@@ -208,9 +208,11 @@ class PackNet:
         self._verified = True     # frozen values checked against _reference since the snapshot
         self._views: List[Dict[str, torch.Tensor]] = []   # active task_view masks, innermost last
         self._view_hooks: list = []
+        self._slots: list = []    # (module, attribute, parameter, device, dtype) at the last full check
         for m in module.modules():
             if isinstance(m, NORMS):
                 m.register_forward_pre_hook(self._norm_hook)
+        self.check_module()       # records what the module holds now
 
     def parameter(self, name: str) -> nn.Parameter:
         """A parameter the engine tracks, by name: a packed weight, a shared
@@ -339,9 +341,9 @@ class PackNet:
             module.training = False
 
     # ----------------------------------------------------------- consistency
-    def check_module(self) -> None:
+    def check_module(self, quick: bool = False) -> None:
         """Make sure the engine still guards what the module holds; called by
-        every phase, every task_view and every protected optimizer step.
+        every phase, every task_view and (quick=True) every protected step.
 
         A weight moved to another device is followed (its stored copy moves
         with it, exactly); a parameter object replaced by one holding the same
@@ -349,7 +351,16 @@ class PackNet:
         parameters) is adopted. What would make the protection silently wrong
         raises PackNetError: layers or parameters added or removed, a cast to
         another dtype in the middle of a task, frozen values changed outside
-        training (e.g. the engine state loaded before the model's weights)."""
+        training (e.g. the engine state loaded before the model's weights).
+
+        quick: the per-step test, a few microseconds: every tracked parameter
+        is still the object, device and dtype seen last time (the full walk
+        over the module runs only when one is not, and at every phase)."""
+        if quick and all(m._parameters.get(a) is p and p.device == d and p.dtype == t
+                         for m, a, p, d, t in self._slots):
+            if not self._verified:
+                self._verify_frozen()
+            return
         params = dict(self.module.named_parameters())
         tracked = {**self.weights, **self.shared}
         if params.keys() != tracked.keys():
@@ -381,6 +392,8 @@ class PackNet:
                     table[name] = p
                     self._verified = False
         self.layers = _prunable_layers(self.module)
+        self._slots = [(m, a, p, p.device, p.dtype) for root in (self.module, *self.heads)
+                       for m in root.modules() for a, p in m._parameters.items() if p is not None]
         if recast:                   # between tasks: record the cast values
             self._snapshot()
         if not self._verified:
