@@ -34,6 +34,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
+from .config import at_least
 from .engine import PackNet
 from .models import build_model
 
@@ -443,18 +444,18 @@ def add_bench_command(sub) -> None:
     p.add_argument("--model", default="small_vgg",
                    choices=["small_vgg", "vgg16", "vgg16_bn", "tiny_vgg16", "resnet50", "densenet121"])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=PRESET_BATCH, help="default: the paper preset's 32")
-    p.add_argument("--image-size", type=int, default=None, help="default: 28 (small_vgg), 224 (the others)")
-    p.add_argument("--steps", type=int, default=10, help="step: steps per timed trial")
-    p.add_argument("--trials", type=int, default=7, help="step: timed trials of each kind, interleaved")
+    p.add_argument("--batch-size", type=at_least(1), default=PRESET_BATCH, help="default: the paper preset's 32")
+    p.add_argument("--image-size", type=at_least(8), default=None, help="default: 28 (small_vgg), 224 (the others)")
+    p.add_argument("--steps", type=at_least(1), default=10, help="step: steps per timed trial")
+    p.add_argument("--trials", type=at_least(1), default=7, help="step: timed trials of each kind, interleaved")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--weight-decay", type=float, default=PRESET_WEIGHT_DECAY,
+    p.add_argument("--weight-decay", type=at_least(0.0, float), default=PRESET_WEIGHT_DECAY,
                    help="step: default 0, the preset's (non-zero: the protection restores after each step)")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"], help="step: the optimizer timed")
     p.add_argument("--decode", nargs="+", default=["pil", "cpu"], choices=["pil", "cpu", "gpu"],
                    help="loader/loop: decode paths (loop uses the first)")
-    p.add_argument("--workers", type=int, default=None, help="loader/loop: default one per core but one")
-    p.add_argument("--images", type=int, default=256, help="loader/loop: synthetic 500x375 JPEGs")
+    p.add_argument("--workers", type=at_least(0), default=None, help="loader/loop: default one per core but one")
+    p.add_argument("--images", type=at_least(1), default=256, help="loader/loop: synthetic 500x375 JPEGs")
     p.add_argument("--json", type=Path, help="also write the result as JSON here")
     p.set_defaults(func=main_bench)

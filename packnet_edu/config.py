@@ -28,6 +28,7 @@ PruneSpec = Union[float, Sequence[float], str]
 # so that validating a config needs no image library).
 IMAGE_TASK_NAMES = ("imagenet", "cubs", "cars", "flowers")
 DEVICE_TYPES = ("cpu", "cuda", "mps")
+DECODERS = ("cpu", "gpu", "pil")      # vgg_data's image paths
 
 
 class ConfigError(ValueError):
@@ -58,6 +59,7 @@ class Config:
     amp: bool = False               # bf16 autocast (CUDA)
     channels_last: bool = False     # NHWC weights: the layout GPU convolutions are fastest in
     workers: int = 0                # data loader processes (image folders; tensors need none)
+    decode: str = "cpu"             # JPEG decoding of image folders: "cpu", "gpu" (nvJPEG) or "pil"
     data_root: Optional[str] = None  # where prepared image datasets live (VGG-16 pipeline)
     weights: Optional[str] = None   # VGG-16 start: None, "imagenet" or a state-dict file
 
@@ -176,6 +178,8 @@ def validate(cfg: Config) -> None:
     if cfg.seed >= 2 ** 63:
         _fail("seed", "an integer in [0, 2**63)", cfg.seed)
     _check_int(cfg, "workers", 0)
+    if cfg.decode not in DECODERS:
+        _fail("decode", " or ".join(repr(d) for d in DECODERS), cfg.decode)
     for name in ("amp", "channels_last"):
         _check_bool(cfg, name)
     dev = cfg.device
@@ -264,6 +268,19 @@ def _typed(kind):
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
     return parse
+
+
+def at_least(low: float, kind=int):
+    """An argparse type: a number of `kind` >= low (e.g. at_least(1) for counts)."""
+    parse = _typed(kind)
+
+    def checked(text: str):
+        value = parse(text)
+        if not (value >= low and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be a{' whole' if kind is int else ''} "
+                                             f"number >= {low}")
+        return value
+    return checked
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:

@@ -177,8 +177,7 @@ def load_tasks(cfg: Config) -> List[Task]:
     check_task_names(cfg)
     check_inputs(cfg.tasks, cfg.data_root, cfg.model, cfg.weights)   # seconds, before any data loads
     if cfg.data_root is not None:
-        # decode: "cpu" (default), "gpu" (nvJPEG) or "pil" (reference); a Config field to come
-        return load_image_tasks(cfg.tasks, cfg.data_root, decode=getattr(cfg, "decode", "cpu"))
+        return load_image_tasks(cfg.tasks, cfg.data_root, decode=cfg.decode)
     tasks = offline_sequence(cfg.tasks, seed=cfg.seed, max_train=cfg.max_train)
     if cfg.model != "small_vgg":               # the offline sequence on an ImageNet network (a GPU run)
         tasks = [as_rgb(t) for t in tasks]

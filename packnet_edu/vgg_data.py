@@ -336,6 +336,8 @@ def check_weights(model: str, weights: Optional[str]) -> None:
     if weights != "imagenet":
         if not Path(weights).is_file():
             raise WeightsError(f"{title} weights file {weights} not found: {save}")
+        if not zipfile.is_zipfile(weights):      # torch.save writes a zip archive: seconds, not after the data
+            raise WeightsError(f"{weights} is not a file torch.save wrote (damaged or another format): {save}")
         return
     cached = imagenet_weights_file(model)
     if cached.is_file():

@@ -330,7 +330,7 @@ BAD_FIELDS = [
     ("momentum", 1.0), ("momentum", -0.1), ("weight_decay", -1e-4), ("batch_size", 0), ("width", 0),
     ("max_train", 0), ("seed", -1), ("workers", -1), ("device", "gpu"), ("device", "cuda:x"),
     ("prune", "halves"), ("prune", 1.0), ("prune", [0.5, 0.5]), ("prune", [0.5, 0.0, 0.5, 0.0]),
-    ("first_task_epochs", -1), ("model", ""), ("data_root", ""), ("weights", 5),
+    ("first_task_epochs", -1), ("model", ""), ("data_root", ""), ("weights", 5), ("decode", "nvjpeg"),
 ]
 
 
@@ -370,6 +370,24 @@ def test_bad_flags_fail_with_one_line_before_any_training(flags, tmp_path, capsy
     last = message.splitlines()[-1]
     assert "error" in last and "Traceback" not in message
     assert not (tmp_path / "run").exists()          # nothing started
+
+
+@pytest.mark.parametrize("flags", [["--batch-size", "0"], ["--steps", "-1"], ["--weight-decay", "nan"],
+                                   ["--images", "0"], ["--trials", "x"]])
+def test_bad_bench_flags_fail_with_one_line(flags, capsys):
+    from packnet_edu.cli import main
+    with pytest.raises(SystemExit):
+        main(["bench", *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "error: argument" in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_a_weights_file_that_is_not_one_is_refused_before_any_data(tmp_path):
+    from packnet_edu.cli import main
+    bad = tmp_path / "vgg16.pt"
+    bad.write_bytes(b"\x00" * 1000)
+    with pytest.raises(SystemExit, match="not a file torch.save wrote"):
+        main(["run", "--model", "vgg16", "--weights", str(bad), "--out", str(tmp_path / "run")])
 
 
 def test_json_config_values_are_checked(tmp_path):
