@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args) -> int:
     from . import distributed
     if distributed.world_size() > 1:          # started by torchrun: DistributedDataParallel
-        distributed.run_to(config_from_args(args), args.out, args.resume)
+        distributed.run_to(config_from_args(args), args.out, args.resume, args.overwrite)
         return 0
     from .experiments import run_method_packnet_cli
     return run_method_packnet_cli(config_from_args(args), args.out, args.resume, args.overwrite)

@@ -230,13 +230,14 @@ def run_packnet_distributed(cfg: T.Config, tasks: Optional[Sequence] = None,
 
 
 # ------------------------------------------------------------------ command line
-def run_to(cfg: T.Config, out, resume: bool = False) -> dict:
+def run_to(cfg: T.Config, out, resume: bool = False, overwrite: bool = False) -> dict:
     """experiments.run_packnet_to under torchrun: every rank trains and reads
     the checkpoint to resume; only rank 0 writes checkpoints and results."""
     from pathlib import Path
     from .experiments import run_packnet_to
     cfg = _on_this_rank(cfg)
-    result = run_packnet_to(cfg, Path(out), resume, runtime=distributed_runtime(), write=rank() == 0)
+    result = run_packnet_to(cfg, Path(out), resume, runtime=distributed_runtime(), write=rank() == 0,
+                            overwrite=overwrite)
     if active():
         check_identical(result["engine"], "at the end of the run, owner maps or weights")
     return result
@@ -253,10 +254,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     add_config_flags(parser)
     parser.add_argument("--out", type=Path, default=Path("runs/packnet"))
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run in OUT (its checkpoint and results only)")
     args = parser.parse_args(argv)
     if rank() != 0:
         os.environ.setdefault("TQDM_DISABLE", "1")
-    run_to(config_from_args(args, PRESETS), args.out, args.resume)
+    run_to(config_from_args(args, PRESETS), args.out, args.resume, args.overwrite)
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
