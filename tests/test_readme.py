@@ -55,20 +55,27 @@ def test_readme_accuracy_table_is_the_demo():
 
 
 def test_readme_comparison_is_the_recorded_run():
-    """The README's comparison table is the recorded `compare` run in docs/compare/."""
+    """The README's comparison table is the recorded `compare` run in
+    docs/compare/, exactly as the report renders it (error per task, average,
+    backward transfer, memory), and the numbers in the prose under it are that run's."""
     import json
-    results = json.loads((Path(__file__).resolve().parent.parent / "docs/compare/results.json").read_text())
-    methods = ["individual", "finetune", "classifier_only", "joint", "packnet"]
-    block = README[README.index("| task | Individual networks"):].split("\n\n")[0]
-    rows = [[c.strip(" *") for c in line.strip("|").split("|")] for line in block.splitlines()[2:]]
-    for j, row in enumerate(rows[:-1]):
-        for m, cell in zip(methods, row[1:]):
-            final = results["methods"][m]["matrix"][-1][j]
-            assert cell == f"{100 - final:.2f}", (m, row[0])
     from packnet_edu.metrics import average_accuracy, backward_transfer
+    from packnet_edu.report import comparison_table
+    results = json.loads((Path(__file__).resolve().parent.parent / "docs/compare/results.json").read_text())
+    methods = ["individual", "finetune", "classifier_only", "joint", "lwf", "packnet"]
+    assert list(results["methods"]) == methods
+    assert all(results["methods"][m]["memory"]["bytes"] > 0 for m in methods)
+    assert comparison_table(results) in README
     avg = {m: average_accuracy(results["methods"][m]["matrix"]) for m in methods}
-    assert rows[-1][1:] == [f"{avg[m]:.2f}" for m in methods]
-    # the prose under the table
+    bwt = {m: backward_transfer(results["methods"][m]["matrix"]) for m in methods}
+    mem = {m: results["methods"][m]["memory"] for m in methods}
     text = " ".join(README.split())
-    assert f"backward transfer {backward_transfer(results['methods']['finetune']['matrix']):.2f} points" in text
+    assert f"Fine-tuning forgets (backward transfer {bwt['finetune']:.2f} points)" in text
+    word = "less" if bwt["lwf"] > bwt["finetune"] else "more"
+    assert f"forgets {word} ({bwt['lwf']:.2f} points) at the same memory" in text
+    assert mem["lwf"]["bytes"] == mem["finetune"]["bytes"]
     assert f"ends {avg['individual'] - avg['packnet']:.2f} points below four separate networks" in text
+    assert f"{mem['individual']['bytes'] / mem['packnet']['bytes']:.2f} times the memory" in text
+    assert f"{results['methods']['packnet']['mask_bits']} bits of owner map per weight" in text
+    sweep = ", ".join(f"{r:g}: {a:.2f}" for r, a in results["sweep"])
+    assert f"(same ratio for every task but the last): {sweep}." in text
