@@ -16,22 +16,47 @@ PackNet (Mallya & Lazebnik, CVPR 2018) packs tasks into one network:
 task k) is the single source of truth: every mask, plot and statistic in the
 package is derived from it.
 
-Why old tasks stay *bit-identical* whatever the optimizer: masking gradients
-is not enough (weight decay, momentum and Adam's state still move a weight
-whose gradient is zero), so after every `optimizer.step()` the engine writes
-back the stored value of every weight the current task does not own.
+Three phase calls (`start_task`, `prune`, `end_task`), `protect` for
+training, `task_view` for inference.
+
+The rule: after any sequence of public calls and any optimizer, hook or
+schedule, older tasks' weights, biases, norm buffers, heads and outputs are
+bit-identical (bit patterns, so NaN and -0.0 are values like any other), or
+a `PackNetError` that says what to do is raised no later than the next phase
+call or view. Silent drift is the only failure.
+
+How: masking gradients is not enough (weight decay, momentum and Adam's
+state still move a weight whose gradient is zero), so `protect` masks only
+where that is provably exact and otherwise writes the stored values back
+after every step (protection.py). Every phase call verifies, by bits, that
+the frozen values are still those recorded (fingerprints for packed weights,
+bits.py; copies for the small rest), so a step taken without protection is
+caught there. A view verifies too, unless no tracked tensor was written
+since the last check (their version counters; a write through `.data`
+bypasses them and is caught at the next phase call).
+
+Views: thread-safe (each thread has its own stack of views, and no module
+state is changed). Under `torch.compile` a view is refused with a one-line
+error: compile the export of a task (checkpoint.export_task) instead.
 """
 from __future__ import annotations
 
 import contextlib
 import numbers
+import operator
+import threading
+import types
 import warnings
-from typing import Dict, Iterator, Optional
+import weakref
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.modules.batchnorm import _NormBase
+
+from .bits import fingerprint, same_bits
+from .protection import Protection
 
 MAX_TASKS = 255  # owner ids live in a uint8; 0 means free
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -82,6 +107,26 @@ def _as_number(x) -> Optional[float]:
     return None
 
 
+def _as_task_id(x) -> Optional[int]:
+    """x as an int if it is an integer of any library (Python, NumPy, a 0-d
+    integer tensor), else None. Booleans are not task ids."""
+    if isinstance(x, bool) or (isinstance(x, torch.Tensor) and (
+            x.numel() != 1 or x.dtype == torch.bool or x.dtype.is_floating_point or x.dtype.is_complex)):
+        return None
+    try:
+        return operator.index(x)
+    except TypeError:
+        return None
+
+
+# The newest engine of each trunk: an engine built again on the same trunk
+# (a notebook cell run twice) switches the older one's hooks off.
+_NEWEST: "weakref.WeakKeyDictionary[nn.Module, weakref.ref]" = weakref.WeakKeyDictionary()
+_PLAIN_FORWARD = {nn.Linear.forward: lambda m, x, w: nn.functional.linear(x, w, m.bias),
+                  **{c.forward: lambda m, x, w: m._conv_forward(x, w, m.bias)
+                     for c in (nn.Conv1d, nn.Conv2d, nn.Conv3d)}}
+
+
 def _prunable_layers(module: nn.Module) -> Dict[str, nn.Module]:
     return {name: m for name, m in module.named_modules() if isinstance(m, PRUNABLE)}
 
@@ -93,65 +138,6 @@ def ownership_counts(owner: Dict[str, torch.Tensor]) -> Dict[str, Dict[int, int]
         ids, counts = torch.unique(o, return_counts=True)
         out[name] = {int(i): int(c) for i, c in zip(ids, counts)}
     return out
-
-
-class Protection:
-    """How `PackNet.protect` keeps an optimizer's steps exact, one of two ways:
-
-    "mask":    zero the frozen entries' gradients before the step. Exact only
-               for SGD without weight decay whose momentum buffers were empty
-               when the current ownership began (a fresh optimizer per phase,
-               as the released code and train.fit use): a zero gradient keeps
-               a zero buffer, and p - lr * 0 == p bit for bit. 9 bytes per
-               weight of a layer with frozen entries (mask, gradient read and
-               written), and nothing after the step.
-    "restore": write the stored values back after the step (torch.where).
-               Exact for any optimizer; 13 bytes per weight (mask, weight,
-               stored copy read, weight written).
-    The mode is decided at the first step after each change of ownership."""
-
-    def __init__(self, engine: "PackNet", optimizer: torch.optim.Optimizer):
-        self.engine, self.optimizer = engine, optimizer
-        self.mode, self._generation = None, None
-        self._hooks = [optimizer.register_step_pre_hook(self._before),
-                       optimizer.register_step_post_hook(self._after)]
-
-    def _masking_is_exact(self) -> bool:
-        opt = self.optimizer
-        if type(opt) is not torch.optim.SGD or any(g["weight_decay"] != 0 for g in opt.param_groups):
-            return False
-        frozen = [self.engine.parameter(n) for n in self.engine._reference]
-        return all(opt.state.get(p, {}).get("momentum_buffer") is None for p in frozen)
-
-    def _before(self, *_) -> None:
-        self.engine.check_module(quick=True)   # weights replaced, moved or cast since the snapshot?
-        if self._generation != self.engine.generation:
-            self.mode = "mask" if self._masking_is_exact() else "restore"
-            self._generation = self.engine.generation
-        elif self.mode == "mask" and any(g["weight_decay"] != 0 for g in self.optimizer.param_groups):
-            self.mode = "restore"          # weight decay switched on mid-phase (momentum is not empty now)
-        if self.mode == "mask":
-            self.engine.mask_frozen_gradients()
-
-    def _after(self, *_) -> None:
-        if self.mode == "restore":
-            self.engine.restore_frozen()
-
-    def bytes_per_step(self) -> int:
-        """Memory traffic of the protection per step in its current mode
-        (the minimum each kernel must read and write; launches not counted)."""
-        e, total = self.engine, 0
-        for name, ref in e._reference.items():
-            n, size = ref.numel(), ref.element_size()
-            if name in e._trainable:       # mask 1 byte; grad r+w, or weight r+w and copy r
-                total += n * (1 + (2 if self.mode == "mask" else 3) * size)
-            elif self.mode != "mask":      # frozen bias/BatchNorm copied back (mask mode: no gradient)
-                total += 2 * n * size
-        return total
-
-    def remove(self) -> None:
-        for h in self._hooks:
-            h.remove()
 
 
 class PackNet:
@@ -203,15 +189,24 @@ class PackNet:
         self.num_tasks = 0        # tasks started so far; the current one is the last
         self.training_task = 0    # id of the task being trained, 0 between tasks
         self.generation = 0       # bumped by every _snapshot
-        self._reference: Dict[str, torch.Tensor] = {}
-        self._trainable: Dict[str, torch.Tensor] = {}
-        self._verified = True     # frozen values checked against _reference since the snapshot
-        self._views: List[Dict[str, torch.Tensor]] = []   # active task_view masks, innermost last
-        self._view_hooks: list = []
+        self._trainable: Dict[str, torch.Tensor] = {}   # packed weights with frozen entries: True = may move
+        self._prints: Dict[str, tuple] = {}             # ... their frozen entries' fingerprints
+        self._copies: Dict[str, torch.Tensor] = {}      # stored values: small tensors; packed ones in restore mode
+        self._clean: Dict[str, tuple] = {}              # (id, version) of each tensor when last verified
         self._slots: list = []    # (module, attribute, parameter, device, dtype) at the last full check
+        self._placed: Dict[str, tuple] = {}             # name: (device, dtype) at the last full check
+        self._local = threading.local()                 # this thread's stack of task views
+        self._view_lock = threading.Lock()
+        self._active_views = 0
+        self._view_cache: Dict[str, dict] = {}          # per layer: the last view's mask and masked weight
+        older = _NEWEST.get(module)
+        if older is not None and older() is not None:
+            older().superseded = True
+        _NEWEST[module] = weakref.ref(self)
+        self.superseded = False
         for m in module.modules():
             if isinstance(m, NORMS):
-                m.register_forward_pre_hook(self._norm_hook)
+                m.register_forward_pre_hook(self._norm_hook())
         self.check_module()       # records what the module holds now
 
     def parameter(self, name: str) -> nn.Parameter:
@@ -222,10 +217,15 @@ class PackNet:
                 return table[name]
         raise KeyError(name)
 
+    def norm_buffers(self) -> Dict[str, torch.Tensor]:
+        """Running statistics of every norm layer (task 1's, frozen afterwards)."""
+        return {f"{n}.{b}" if n else b: t for n, m in self.module.named_modules() if isinstance(m, NORMS)
+                for b, t in m._buffers.items() if t is not None}
+
     # ----------------------------------------------------------------- phases
     def start_task(self) -> int:
         """Begin the next task; it takes every free weight. Returns its id (1, 2, ...)."""
-        self.check_module()
+        self._check_phase_call()
         if self.training_task:
             raise PackNetError(f"task {self.training_task} is still being trained: "
                                "call end_task() before start_task()")
@@ -257,7 +257,7 @@ class PackNet:
         if ratio is None or not 0.0 <= ratio < 1.0:
             raise PackNetError(f"prune ratio must be a number in [0, 1), got {ratio!r}: "
                                "0.75 releases 75% of the task's weights in each layer")
-        self.check_module()
+        self._check_phase_call()
         released = {}
         with torch.no_grad():
             for name, owner in self.owner.items():
@@ -279,16 +279,20 @@ class PackNet:
         """Freeze the current task's weights for good. Returns its id."""
         if not self.training_task:
             raise PackNetError("end_task() without a task in training: call start_task() first")
-        self.check_module()
+        self._check_phase_call()
         done, self.training_task = self.training_task, 0
         self._snapshot()
         return done
 
     # -------------------------------------------------------------- freezing
+    def frozen_names(self) -> List[str]:
+        """Parameters with values the current phase must keep."""
+        return [*self._trainable, *(n for n in self._copies if n not in self.weights and n[:7] != "buffer:")]
+
     def _snapshot(self) -> None:
         """Record the values that must not move, and which entries may."""
-        self._reference.clear()
-        self._trainable.clear()
+        for table in (self._trainable, self._prints, self._copies, self._clean, self._view_cache):
+            table.clear()
         self.generation += 1      # protect() re-decides how to freeze when ownership changes
         for name, weight in self.weights.items():
             # the mask in the weight's memory format (channels_last too): torch.where
@@ -296,24 +300,47 @@ class PackNet:
             trainable = torch.empty_like(weight, dtype=torch.bool).copy_(self.owner[name] == self.training_task)
             if not bool(trainable.all()):
                 self._trainable[name] = trainable
-                self._reference[name] = weight.detach().clone()
+                self._prints[name] = fingerprint(weight, skip=trainable)
         if self.training_task != 1:
             for name, p in self.shared.items():
-                self._reference[name] = p.detach().clone()
+                self._copies[name] = p.detach().clone()
+            if self.num_tasks:
+                for name, b in self.norm_buffers().items():
+                    self._copies["buffer:" + name] = b.detach().clone()
         for name, p in self.head_params.items():
             if int(name.split(".")[1]) + 1 != self.training_task:
-                self._reference[name] = p.detach().clone()
-        self._verified = False    # checked against the module at the first check_module()
+                self._copies[name] = p.detach().clone()
+        self._mark_clean()
+
+    def _mark_clean(self) -> None:
+        buffers = self.norm_buffers()
+        for name in (*self._trainable, *self._copies):
+            t = buffers.get(name[7:]) if name.startswith("buffer:") else self.parameter(name)
+            if t is not None:
+                self._clean[name] = (id(t), t._version)
+
+    @torch.no_grad()
+    def keep_copies(self) -> None:
+        """Copy the packed weights with frozen entries (restore mode writes them
+        back after each step); first check that they are still as recorded."""
+        missing = [n for n in self._trainable if n not in self._copies]
+        if missing:
+            self._verify(names=missing)
+            for name in missing:
+                self._copies[name] = self.weights[name].detach().clone()
 
     @torch.no_grad()
     def restore_frozen(self) -> None:
-        """Write back every value the current task may not change (bit for bit)."""
-        for name, ref in self._reference.items():
-            param = self.weights.get(name)
-            if param is None:
-                self.parameter(name).copy_(ref)
-            else:
+        """Write back every value the current task may not change (bit for bit):
+        the values `keep_copies()` stored before the step."""
+        for name, ref in self._copies.items():
+            if name.startswith("buffer:"):
+                continue                      # norm layers run in eval mode after task 1: nothing to undo
+            param = self.parameter(name)
+            if name in self._trainable:
                 torch.where(self._trainable[name], param, ref, out=param)   # in place: one pass
+            else:
+                param.copy_(ref)
 
     @torch.no_grad()
     def mask_frozen_gradients(self) -> None:
@@ -324,23 +351,40 @@ class PackNet:
             g = self.weights[name].grad
             if g is not None:
                 torch.where(trainable, g, g.new_zeros(()), out=g)
-        for name in self._reference:
+        for name in self.frozen_names():
             if name not in self._trainable:
                 self.parameter(name).grad = None
 
-    def protect(self, optimizer: torch.optim.Optimizer) -> "Protection":
+    def protect(self, optimizer: torch.optim.Optimizer) -> Protection:
         """Hook `optimizer` so that after each step older tasks' weights, the
         frozen biases/BatchNorm and pruned (free) weights are exactly as stored.
         Works for any torch optimizer. Returns the handle (`.remove()`, `.mode`)."""
+        self._check_live()
         return Protection(self, optimizer)
 
-    def _norm_hook(self, module: nn.Module, _inputs) -> None:
+    def _norm_hook(self):
         # After the first task norm layers run on their stored statistics, even
         # in train mode: updating them would change what earlier tasks compute.
-        if self.num_tasks and self.training_task != 1:
-            module.training = False
+        # A closure, not a method: deepcopy(model) must not copy the engine.
+        engine = weakref.ref(self)
+
+        def hook(module, _inputs):
+            e = engine()
+            if e is not None and not e.superseded and e.num_tasks and e.training_task != 1:
+                module.training = False
+        return hook
 
     # ----------------------------------------------------------- consistency
+    def _check_live(self) -> None:
+        if self.superseded:
+            raise PackNetError("this trunk was wrapped again by a newer PackNet(...), which now owns it "
+                               "(this engine's hooks are off): use the newest engine")
+
+    def _check_phase_call(self) -> None:
+        self._check_live()
+        self.check_module()
+        self._verify(full=True)
+
     def check_module(self, quick: bool = False) -> None:
         """Make sure the engine still guards what the module holds; called by
         every phase, every task_view and (quick=True) every protected step.
@@ -356,10 +400,9 @@ class PackNet:
         quick: the per-step test, a few microseconds: every tracked parameter
         is still the object, device and dtype seen last time (the full walk
         over the module runs only when one is not, and at every phase)."""
+        self._check_live()
         if quick and all(m._parameters.get(a) is p and p.device == d and p.dtype == t
                          for m, a, p, d, t in self._slots):
-            if not self._verified:
-                self._verify_frozen()
             return
         params = dict(self.module.named_parameters())
         tracked = {**self.weights, **self.shared}
@@ -374,45 +417,62 @@ class PackNet:
         recast = False
         for table in (self.weights, self.shared, self.head_params):
             for name, held in table.items():
-                p, ref = current.get(name), self._reference.get(name)
+                p, ref = current.get(name), self._copies.get(name)
                 if p is None:
                     raise PackNetError(f"parameter {name} is gone from the module: rebuild PackNet")
-                if ref is not None and p.dtype != ref.dtype:
+                device, dtype = self._placed.get(name, (p.device, p.dtype))   # where it was last seen
+                if (ref is not None or name in self._trainable) and p.dtype != dtype:
                     if self.training_task:
                         raise PackNetError(
-                            f"{name} was cast from {ref.dtype} to {p.dtype} in the middle of task "
+                            f"{name} was cast from {dtype} to {p.dtype} in the middle of task "
                             f"{self.training_task}: cast the model between tasks (after end_task(), "
                             "before start_task()), or not at all")
                     recast = True
-                elif ref is not None and p.device != ref.device:   # .to(device): follow, exactly
-                    self._reference[name] = ref.to(p.device)
+                elif p.device != device:         # .to(device): follow, exactly
+                    if ref is not None:
+                        self._copies[name] = ref.to(p.device)
                     if name in self._trainable:
                         self._trainable[name] = self._trainable[name].to(p.device)
+                    self._view_cache.pop(name, None)
                 if p is not held:
                     table[name] = p
-                    self._verified = False
+                self._placed[name] = (p.device, p.dtype)
         self.layers = _prunable_layers(self.module)
         self._slots = [(m, a, p, p.device, p.dtype) for root in (self.module, *self.heads)
                        for m in root.modules() for a, p in m._parameters.items() if p is not None]
+        for name, b in self.norm_buffers().items():
+            ref = self._copies.get("buffer:" + name)
+            if ref is not None and ref.device != b.device:
+                self._copies["buffer:" + name] = ref.to(b.device)
         if recast:                   # between tasks: record the cast values
             self._snapshot()
-        if not self._verified:
-            self._verify_frozen()
 
     @torch.no_grad()
-    def _verify_frozen(self) -> None:
-        """Raise if a value the current phase must keep differs from the one recorded."""
-        for name, ref in self._reference.items():
-            p = self.parameter(name)
-            same = torch.equal(torch.where(self._trainable[name], ref, p), ref) if name in self._trainable \
-                else torch.equal(p, ref)
+    def _verify(self, full: bool = False, names: Optional[List[str]] = None) -> None:
+        """Raise if a value the current phase must keep differs, by bits, from
+        the one recorded. Not full: skip tensors that nothing wrote since they
+        were last verified (same object, same version counter)."""
+        buffers = self.norm_buffers()
+        for name in names if names is not None else (*self._trainable, *self._copies):
+            t = buffers.get(name[7:]) if name.startswith("buffer:") else self.parameter(name)
+            if t is None:
+                continue
+            if not full and self._clean.get(name) == (id(t), t._version):
+                continue
+            ref, trainable = self._copies.get(name), self._trainable.get(name)
+            if ref is not None:
+                same = same_bits(t if trainable is None else torch.where(trainable, ref, t), ref)
+            else:
+                same = fingerprint(t, skip=trainable) == self._prints[name]
             if not same:
+                what = "running statistics of a norm layer" if ref is not None and name.startswith("buffer:") \
+                    else "values that belong to earlier tasks (or are frozen)"
                 raise PackNetError(
-                    f"{name}: values that belong to earlier tasks (or are frozen) changed since the engine "
-                    "recorded them, outside any protected step; a protected step would silently undo that. "
-                    "Load the model's weights first and the engine state after them "
-                    "(model.load_state_dict, then engine.load_state_dict), and change weights only by training")
-        self._verified = True
+                    f"{name.removeprefix('buffer:')}: {what} changed since the engine recorded them, outside "
+                    "any protected step (an optimizer without engine.protect, a write to the weights, "
+                    "or the engine state loaded before the model's weights). Load the model's weights "
+                    "first and the engine state after them, and train only with engine.protect(optimizer)")
+            self._clean[name] = (id(t), t._version)
 
     # ------------------------------------------------------------- inference
     def task_masks(self, task: int) -> Dict[str, torch.Tensor]:
@@ -421,54 +481,104 @@ class PackNet:
         return {n: (o != 0) & (o <= task) for n, o in self.owner.items()}
 
     @contextlib.contextmanager
-    def task_view(self, task: int) -> Iterator[nn.Module]:
+    def task_view(self, task: int, cache: bool = True) -> Iterator[nn.Module]:
         """Inside, the module computes as task `task`: weights of tasks 1..task,
         the rest counted as zero (torch.where, so whatever a later task's
         weights hold, NaN included, cannot reach task `task`).
 
-        No stored tensor is modified: each packed layer gets the masked weight
-        for the duration of its forward call only, so state_dict(), deepcopy
-        and the optimizer see the stored weights inside a view as well.
-        Views nest: the innermost one decides, and leaving it restores the
-        outer one."""
-        self.check_module()
-        masks = {n: torch.empty_like(self.weights[n], dtype=torch.bool).copy_(m)
-                 for n, m in self.task_masks(task).items()}
-        if not self._views:
-            self._view_hooks = [h for name, layer in self.layers.items()
-                                for h in self._masking_hooks(_weight_name(name), layer)]
-        self._views.append(masks)
+        No stored tensor is modified (state_dict(), deepcopy and the optimizer
+        see the stored weights inside a view too), and the view belongs to the
+        thread that entered it. Views nest: the innermost one decides.
+
+        cache: outside autograd (torch.no_grad, inference_mode), each layer's
+        masked weight is computed once and kept until the weights, the task or
+        the ownership change: one extra copy of every partly owned layer's
+        weight (4 bytes per weight in float32), held after the view ends
+        until `clear_view_cache()`. cache=False computes it at every forward
+        call instead and holds nothing."""
+        task = self._check_task(task)
+        self.check_module(quick=True)
+        self._verify()
+        stack = self._local.__dict__.setdefault("views", [])
+        with self._view_lock:
+            if not self._active_views:
+                self._install_view_forwards()
+            self._active_views += 1
+        stack.append((task, cache))
         try:
             yield self.module
         finally:
-            self._views.pop()
-            if not self._views:
-                for h in self._view_hooks:
-                    h.remove()
-                self._view_hooks = []
+            stack.pop()
+            with self._view_lock:
+                self._active_views -= 1
+                if not self._active_views:
+                    self._remove_view_forwards()
 
-    def _masking_hooks(self, name: str, layer: nn.Module):
-        """Hooks that give `layer` the innermost view's masked weight for one
-        forward call and put the stored one back after it (even if it raises)."""
-        views, held = self._views, []
+    def clear_view_cache(self) -> None:
+        """Free the masked weights kept by views (see task_view's `cache`)."""
+        self._view_cache.clear()
 
-        def swap_in(module, _inputs):
-            # `module is layer`: a deepcopy made inside a view shares these
-            # closures (functions are not copied) but computes as stored
-            if module is layer and views:
-                held.append(module._parameters["weight"])
-                module._parameters["weight"] = torch.where(views[-1][name], held[-1], 0.0)
+    def _install_view_forwards(self) -> None:
+        for name, layer in self.layers.items():
+            layer.forward = types.MethodType(self._view_forward(_weight_name(name), layer), layer)
 
-        def swap_out(module, _inputs, _output):
-            if module is layer and held:
-                module._parameters["weight"] = held.pop()
+    def _remove_view_forwards(self) -> None:
+        for layer in self.layers.values():
+            if isinstance(layer.__dict__.get("forward"), types.MethodType):
+                del layer.forward
 
-        return (layer.register_forward_pre_hook(swap_in),
-                layer.register_forward_hook(swap_out, always_call=True))
+    def _view_forward(self, name: str, layer: nn.Module):
+        """`layer`'s forward while any thread is in a view: the stored weight
+        for threads outside views (and for copies of the layer made by
+        deepcopy), the view's masked weight inside one."""
+        engine, cls_forward = self, type(layer).forward
+        plain = _PLAIN_FORWARD.get(cls_forward)
+
+        def forward(module, *args, **kwargs):
+            views = getattr(engine._local, "views", None)
+            if module is not layer or not views or engine.superseded:
+                return cls_forward(module, *args, **kwargs)
+            if torch.compiler.is_compiling():
+                raise PackNetError("task_view does not work under torch.compile: compile the export of a "
+                                   "task (python -m packnet_edu export), or run the view uncompiled")
+            weight = engine._view_weight(name, module.weight, *views[-1])
+            if plain is not None:
+                return plain(module, args[0], weight)
+            held = module._parameters["weight"]     # a subclass with its own forward: swap for the call
+            module._parameters["weight"] = weight
+            try:
+                return cls_forward(module, *args, **kwargs)
+            finally:
+                module._parameters["weight"] = held
+        return forward
+
+    def _view_weight(self, name: str, weight: torch.Tensor, task: int, cache: bool) -> torch.Tensor:
+        key = (task, self.generation, id(weight), weight._version, weight.device, weight.dtype)
+        hit = self._view_cache.get(name)
+        if hit is not None and hit["key"][:3] == key[:3] and hit["key"][4:] == key[4:]:
+            if hit["full"]:
+                return weight
+            if hit["key"] == key and hit["masked"] is not None and not torch.is_grad_enabled():
+                return hit["masked"]
+            mask = hit["mask"]
+        else:
+            owned = self.task_masks(task)[name]
+            if bool(owned.all()):                    # every entry is the task's: nothing to mask
+                self._view_cache[name] = {"key": key, "full": True}
+                return weight
+            mask = torch.empty_like(weight, dtype=torch.bool).copy_(owned)
+        # a view of an older task reads the stored copy (restore mode): exact even
+        # while another thread's training step has the live weight in flux
+        source = self._copies.get(name) if task < self.training_task else None
+        masked = torch.where(mask, weight if source is None else source, 0.0)
+        keep = masked if cache and not torch.is_grad_enabled() else None
+        self._view_cache[name] = {"key": key, "full": False, "mask": mask, "masked": keep}
+        return masked
 
     def _check_task(self, task) -> int:
-        if isinstance(task, numbers.Integral) and not isinstance(task, bool) and 1 <= task <= self.num_tasks:
-            return int(task)
+        t = _as_task_id(task)
+        if t is not None and 1 <= t <= self.num_tasks:
+            return t
         have = f"tasks 1..{self.num_tasks}" if self.num_tasks else "no task yet"
         raise PackNetError(f"task {task!r} does not exist (the engine has {have})")
 

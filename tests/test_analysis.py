@@ -29,6 +29,7 @@ def packed(ratios, classes=(10, 10)):
     engine = PackNet(model.trunk)
     for r in ratios:
         engine.start_task()
+        engine.keep_copies()                     # what restore_frozen writes back
         with torch.no_grad():
             for w in engine.weights.values():
                 w.add_(torch.randn_like(w))
