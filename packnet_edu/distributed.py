@@ -20,16 +20,23 @@ against one process:
   every rank);
 - evaluation is sharded and the correct counts are summed over ranks, so all
   ranks choose the same best epoch;
-- after each prune the owner maps (and weights) are checked to be identical
-  on all ranks (a checksum, all-gathered); a mismatch stops the run.
+- after each prune and at each task's end the owner maps, weights, biases,
+  heads and norm buffers are checked to be identical on all ranks (a
+  checksum, all-gathered); a mismatch stops the run;
+- BatchNorm's running statistics, computed per rank during task 1, are
+  averaged over the ranks at task 1's end (then frozen): otherwise the next
+  task's DDP wrap would broadcast rank 0's into every other rank, changing
+  their task 1;
+- a bad input is one line on every rank: rank 0's check of the output folder
+  is shared with all ranks before anything runs, so no rank waits forever.
 
 `train.run_packnet` is reused as it is, with a `train.Runtime` of distributed
 building blocks (`loader_for`, `train_one_epoch`, `evaluate`, the engine
 class). On one process the runtime is the local one and the run is exactly
 run_packnet's.
 
-BatchNorm (VGG-16-BN only) computes batch statistics per rank during task 1;
-the paper's VGG-16 has none.
+BatchNorm (VGG-16-BN, ResNet-50, DenseNet-121) computes batch statistics per
+rank during task 1; the paper's VGG-16 has none.
 """
 from __future__ import annotations
 
@@ -63,16 +70,17 @@ def active() -> bool:
 
 def init_from_env(device: str = "cpu") -> str:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR,
-    MASTER_PORT, LOCAL_RANK). Returns the device this rank should use:
-    `cuda:LOCAL_RANK` for a CUDA run (nccl), else `device` (gloo)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+    MASTER_PORT, LOCAL_RANK), unless joined already. Returns the device this
+    rank should use: `cuda:LOCAL_RANK` for a CUDA run (nccl), else `device` (gloo)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return device
     cuda = device.startswith("cuda")
     if cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
-    dist.init_process_group("nccl" if cuda else "gloo")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
     return device
 
 
@@ -162,23 +170,57 @@ def all_checksums(tensors: Dict[str, torch.Tensor]) -> List[str]:
     return out
 
 
+def replicated_state(engine: PackNet) -> Dict[str, torch.Tensor]:
+    """Everything that must be identical on every rank: owner maps, every
+    parameter of the trunk and heads, and every buffer (norm statistics)."""
+    heads = {f"heads.{k}.{n}": p for k, h in enumerate(engine.heads) for n, p in h.named_parameters()}
+    return {**{f"owner/{k}": v for k, v in engine.owner.items()},
+            **{f"param/{k}": v for k, v in engine.module.named_parameters()},
+            **{f"param/{k}": v for k, v in heads.items()},
+            **{f"buffer/{k}": v for k, v in engine.module.named_buffers()}}
+
+
 def check_identical(engine: PackNet, what: str = "owner maps") -> None:
-    """Raise if the owner maps (and packed weights) differ between ranks."""
-    sums = all_checksums({**{f"owner/{k}": v for k, v in engine.owner.items()},
-                          **{f"weight/{k}": v for k, v in engine.weights.items()}})
+    """Raise if the owner maps, parameters or buffers differ between ranks."""
+    sums = all_checksums(replicated_state(engine))
     if len(set(sums)) > 1:
         raise PackNetError(f"{what} differ between ranks (checksums {[s[:12] for s in sums]}): the ranks "
                            "trained on different data or weights; every rank must start from the same model")
 
 
+@torch.no_grad()
+def average_norm_buffers(buffers) -> None:
+    """Make every rank's norm statistics the mean over the ranks (bit-identical
+    everywhere: rank 0's result is broadcast)."""
+    for b in buffers:
+        if b.dtype.is_floating_point:
+            dist.all_reduce(b)
+            b.div_(dist.get_world_size())
+        dist.broadcast(b, src=0)
+
+
 class DistributedPackNet(PackNet):
-    """PackNet whose prune checks that every rank chose the same weights (each
-    rank prunes its own copy; identical weights give identical masks)."""
+    """PackNet whose phase calls keep every rank identical: prune checks that
+    every rank chose the same weights (identical weights give identical masks);
+    end_task averages task 1's norm statistics over the ranks and checks
+    everything, buffers included."""
+
+    def _average_task1_statistics(self) -> None:
+        if active() and self.training_task == 1:     # still task 1's: not frozen yet
+            average_norm_buffers(self.norm_buffers().values())
 
     def prune(self, ratio: float):
         released = super().prune(ratio)
+        self._average_task1_statistics()
         check_identical(self, f"after prune({ratio}), the owner maps")
         return released
+
+    def end_task(self) -> int:
+        self._average_task1_statistics()
+        done = super().end_task()
+        if active():
+            check_identical(self, f"at the end of task {done}, the model")
+        return done
 
 
 def distributed_runtime(build_model: Optional[Callable] = None) -> T.Runtime:
@@ -243,11 +285,29 @@ def run_to(cfg: T.Config, out, resume: bool = False, overwrite: bool = False) ->
     return result
 
 
+def user_errors() -> tuple:
+    """The exceptions that describe a wrong input, not a bug: shown as one line."""
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data import DataMissingError
+    return (ConfigError, PackNetError, CheckpointError, DataMissingError)
+
+
+def agree_on_errors(error: Optional[str]) -> Optional[str]:
+    """Every rank's error (or None), shared: the first one found, on every rank."""
+    if not active():
+        return error
+    errors: List[Optional[str]] = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    return next((e for e in errors if e is not None), None)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """`torchrun --nproc_per_node N -m packnet_edu.distributed [run flags]`."""
     import argparse
     from pathlib import Path
     from .config import add_config_flags, config_from_args
+    from .experiments import check_run_folder
     from .presets import PRESETS
     parser = argparse.ArgumentParser(prog="torchrun ... -m packnet_edu.distributed",
                                      description="PackNet with DistributedDataParallel (one process per GPU)")
@@ -255,12 +315,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/packnet"))
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--overwrite", action="store_true", help="replace the run in OUT (its checkpoint and results only)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)          # the same flags on every rank: every rank stops alike
     if rank() != 0:
         os.environ.setdefault("TQDM_DISABLE", "1")
-    run_to(config_from_args(args, PRESETS), args.out, args.resume, args.overwrite)
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    try:
+        cfg = config_from_args(args, PRESETS)
+        init_from_env(cfg.device)
+        error = None
+        if rank() == 0:                     # only rank 0 judges the folder (it alone writes)
+            try:
+                check_run_folder(args.out, args.resume, args.overwrite)
+            except user_errors() as err:
+                error = str(err)
+        error = agree_on_errors(error)
+        if error is not None:
+            raise PackNetError(error)
+        run_to(cfg, args.out, args.resume, args.overwrite)
+    except user_errors() as err:
+        print(f"error: {err}" + (f" (rank {rank()})" if rank() else ""), file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 

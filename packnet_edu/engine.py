@@ -36,8 +36,10 @@ since the last check (their version counters; a write through `.data`
 bypasses them and is caught at the next phase call).
 
 Views: thread-safe (each thread has its own stack of views, and no module
-state is changed). Under `torch.compile` a view is refused with a one-line
-error: compile the export of a task (checkpoint.export_task) instead.
+state is changed). Under `torch.compile` (tested with the eager backend) a
+view is exact: a view replaces each packed layer's `forward`, which dynamo
+notices and traces again; should compiled code ever reach the view's masking
+itself, the view is refused with a one-line error instead.
 """
 from __future__ import annotations
 

@@ -135,3 +135,95 @@ def test_checksum_and_single_process_helpers():
     assert D.all_checksums(a) == [D.checksum(a)]
     assert D.world_size() == 1 and D.rank() == 0 and not D.active()
     assert D.init_from_env("cpu") == "cpu"
+
+
+# ------------------------------------------------------------------ BatchNorm across ranks (issue 15, item 9)
+def bn_tasks(seed=1, n=48):
+    """Two tasks of 1x28x28 images; each rank trains on its own shard of them."""
+    g = torch.Generator().manual_seed(seed)
+    tasks = []
+    for t, k in enumerate((3, 3)):
+        def split(m):
+            y = torch.randint(0, k, (m,), generator=g)
+            x = torch.randn(m, 1, 28, 28, generator=g, dtype=torch.float64) + y.double().view(m, 1, 1, 1) * (t + 1)
+            return torch.utils.data.TensorDataset(x, y)
+        tasks.append(Task(f"b{t + 1}", [str(c) for c in range(k)], split(n), split(16), split(16)))
+    return tasks
+
+
+BN_CFG = dataclasses.replace(CFG, tasks=("b1", "b2"), model="small_vgg", epochs=1, retrain_epochs=1, batch_size=8)
+
+
+def build_bn(num_classes):
+    from packnet_edu import small_vgg
+    return small_vgg(num_classes, width=4, batch_norm=True).double()
+
+
+def _bn_worker(rank, world, port, out):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), LOCAL_RANK=str(rank), TQDM_DISABLE="1")
+    torch.set_num_threads(1)
+    snap = {}
+
+    def on_phase_end(progress, model, engine, names):
+        if progress["phase"] == "end" and progress["task"] == 1:
+            snap.update({k: b.clone() for k, b in model.trunk.named_buffers()})
+    res = D.run_packnet_distributed(BN_CFG, bn_tasks(), build_model=build_bn, on_phase_end=on_phase_end)
+    torch.save({"buffers": {k: b.clone() for k, b in res["model"].trunk.named_buffers()}, "snap": snap,
+                "identical": res["outputs_identical"]}, os.path.join(out, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_batchnorm_statistics_agree_on_every_rank_and_stay_frozen(tmp_path):
+    mp.spawn(_bn_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert r0["snap"] and set(r0["snap"]) == set(r1["snap"])
+    for k in r0["snap"]:
+        assert torch.equal(r0["snap"][k], r1["snap"][k]), k              # averaged at task 1's end
+        for r in (r0, r1):
+            assert torch.equal(r["buffers"][k], r["snap"][k]), k         # then frozen on every rank
+    assert all(r0["identical"]) and all(r1["identical"])                 # task 1 outputs on both ranks
+
+
+def test_the_cross_rank_check_covers_every_buffer_and_parameter():
+    from packnet_edu import PackNet, small_vgg
+    model = small_vgg([3], width=4)
+    engine = PackNet(model.trunk, heads=model.heads)
+    state = D.replicated_state(engine)
+    assert {f"buffer/{k}" for k, _ in model.trunk.named_buffers()} <= set(state)
+    assert {f"param/{k}" for k, _ in model.trunk.named_parameters()} <= set(state)
+    assert "param/heads.0.weight" in state and all(f"owner/{k}" in state for k in engine.owner)
+    before = D.checksum(state)
+    model.trunk.bn1.running_mean[0] += 1
+    assert D.checksum(D.replicated_state(engine)) != before
+
+
+# ------------------------------------------------------------------ errors under torchrun (issue 16, item 8)
+def _refusing_worker(rank, world, port, out, codes):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), LOCAL_RANK=str(rank), TQDM_DISABLE="1")
+    code = D.main(["--tasks", "digits", "--epochs", "1", "--out", out])
+    with open(os.path.join(codes, f"rank{rank}"), "w") as f:
+        f.write(str(code))
+
+
+def test_a_folder_refused_by_rank_0_stops_every_rank_with_one_line(tmp_path, capfd):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.json").write_text("{}")            # a finished run: refused without --overwrite
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    procs = [ctx.Process(target=_refusing_worker, args=(r, 2, port, str(out), str(tmp_path))) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    alive = [p.is_alive() for p in procs]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert not any(alive), "a rank still waits"
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["2", "2"]
+    err = capfd.readouterr().err
+    assert "error:" in err and "already holds" in err and "Traceback" not in err
+    assert sorted(os.listdir(out)) == ["results.json"]
