@@ -4,12 +4,14 @@
 old tasks, so every check here compares the integers behind the floats.
 
 `fingerprint` lets the engine check that frozen weights did not move without
-keeping a copy of them (mask mode holds 2 bytes per packed weight, not 6):
-a weighted sum of the bit patterns modulo 2**64, with an odd weight per
-position. A change of one entry changes the sum by (weight * difference),
-which is never 0 mod 2**64 for an odd weight and a difference below 2**63:
-every single-entry change is caught, and two lanes with unrelated weights
-make a cancelling change of several entries a 2**-128 accident.
+keeping a copy of them (mask mode holds 2 bytes per packed weight, not 6).
+Each of two lanes multiplies every 32-bit word of the bit patterns by an odd
+per-position weight (mod 2**32, a bijection: a changed word always changes
+its product) and sums the products exactly; the sums of successive chunks are
+combined with odd 64-bit multipliers mod 2**64, so one changed word always
+changes both lanes. A cancelling change of several words at once is a 2**-64
+accident. Integer sums do not depend on their order: the same bits give the
+same fingerprint whatever the memory format, device or thread count.
 """
 from __future__ import annotations
 
@@ -18,8 +20,10 @@ from typing import Optional, Tuple
 import torch
 
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-_CHUNK = 1 << 20          # elements per fingerprint pass: a few MB of temporaries, not GBs
-_LANES = (0x9E3779B97F4A7C15 - (1 << 64), 0x632BE59BD9B4E019)   # odd 64-bit multipliers
+_CHUNK = 1 << 20          # words per pass: a few MB of temporaries, not GBs
+_MULT = (0x9E3779B1, 0x85EBCA77)                       # odd 32-bit constants, one per lane
+_CHUNK_MULT = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F)  # odd 64-bit constants
+_WEIGHTS: dict = {}       # (device, lane): the odd per-position weights of one chunk
 
 
 def int_view(t: torch.Tensor) -> torch.Tensor:
@@ -32,27 +36,39 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and torch.equal(int_view(a), int_view(b))
 
 
-def _position_weights(start: int, n: int, lane: int, device) -> torch.Tensor:
-    # splitmix-style mixing of the position, forced odd; int64 arithmetic wraps
-    x = torch.arange(start, start + n, dtype=torch.int64, device=device) * _LANES[lane]
-    x = x ^ (x >> 31)
-    return x * _LANES[1 - lane] | 1
+def _weights(lane: int, device) -> torch.Tensor:
+    key = (str(device), lane)
+    if key not in _WEIGHTS:
+        j = torch.arange(_CHUNK, dtype=torch.int64, device=device)
+        w = (j * _MULT[lane] + (j >> 7) * _MULT[1 - lane]) % (1 << 32) | 1    # odd, and distinct per position
+        _WEIGHTS[key] = (w - ((w >= (1 << 31)).long() << 32)).to(torch.int32)  # as signed 32-bit words
+    return _WEIGHTS[key]
+
+
+def _words(t: torch.Tensor) -> torch.Tensor:
+    """The bit patterns of `t` as a flat int32 tensor, in logical order
+    (a float64 entry gives two words, a 16-bit one is widened)."""
+    flat = int_view(t.detach()).reshape(-1)
+    if flat.element_size() == 8:
+        return flat.view(torch.int32)
+    return flat if flat.dtype == torch.int32 else flat.to(torch.int32)
 
 
 @torch.no_grad()
 def fingerprint(t: torch.Tensor, skip: Optional[torch.Tensor] = None) -> Tuple[int, int]:
-    """Two 64-bit sums over the bit patterns of `t`'s entries in logical
-    (row-major) order; entries where `skip` is True count as 0, so they may
-    change freely. Equal for equal bits whatever the memory format, device or
-    thread count (integer sums do not depend on their order)."""
-    flat = int_view(t.detach()).reshape(-1)
+    """Two 64-bit fingerprints of the bit patterns of `t`'s entries; entries
+    where `skip` is True count as 0, so they may change freely."""
+    words = _words(t)
+    per_entry = words.numel() // max(t.numel(), 1)
     mask = None if skip is None else skip.reshape(-1)
+    if mask is not None and per_entry > 1:
+        mask = mask.repeat_interleave(per_entry)
     sums = [0, 0]
-    for start in range(0, flat.numel(), _CHUNK):
-        bits = flat[start:start + _CHUNK].to(torch.int64)
+    for c, start in enumerate(range(0, words.numel(), _CHUNK)):
+        chunk = words[start:start + _CHUNK]
         if mask is not None:
-            bits = bits.masked_fill(mask[start:start + _CHUNK], 0)
+            chunk = chunk.masked_fill(mask[start:start + _CHUNK], 0)
         for lane in (0, 1):
-            w = _position_weights(start, bits.numel(), lane, bits.device)
-            sums[lane] += int((bits * w).sum())
+            s = int((chunk * _weights(lane, chunk.device)[:chunk.numel()]).sum(dtype=torch.int64))
+            sums[lane] += s * (_CHUNK_MULT[lane] + 2 * c * _CHUNK_MULT[1 - lane])
     return tuple(s % (1 << 64) for s in sums)
