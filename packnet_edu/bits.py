@@ -31,6 +31,14 @@ def int_view(t: torch.Tensor) -> torch.Tensor:
     return t.view(_INT_OF_SIZE[t.element_size()]) if t.dtype.is_floating_point else t
 
 
+def bit_mask(keep: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`keep` as integers of `like`'s element size, all ones where True and 0
+    where False, in `like`'s memory format: `int_view(x).bitwise_and_(m)`
+    then zeroes the other entries of x exactly (+0.0, whatever they held,
+    NaN included), as torch.where(keep, x, 0) does."""
+    return torch.empty_like(like, dtype=int_view(like).dtype).copy_(keep).neg_()
+
+
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """True iff `a` and `b` hold the same shape, dtype and bit patterns."""
     return a.shape == b.shape and a.dtype == b.dtype and torch.equal(int_view(a), int_view(b))

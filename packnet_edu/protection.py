@@ -98,8 +98,9 @@ class Protection:
         for name in e.frozen_names():
             p = e.parameter(name)
             n, size = p.numel(), p.element_size()
-            if name in e._trainable:       # mask 1 byte; grad r+w, or weight r+w and copy r
-                total += n * (1 + (2 if self.mode == "mask" else 3) * size)
+            if name in e._trainable:       # mask; grad r+w, or weight r+w and copy r
+                mask = size if self.mode == "mask" and p.device.type == "cpu" else 1   # see mask_frozen_gradients
+                total += n * (mask + (2 if self.mode == "mask" else 3) * size)
             elif self.mode != "mask":      # frozen bias/BatchNorm copied back (mask mode: no gradient)
                 total += 2 * n * size
         return total

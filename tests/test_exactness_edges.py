@@ -340,3 +340,20 @@ def test_cached_views_follow_weight_changes_and_cost_one_copy():
     assert same_bits(cached, fresh) and not same_bits(cached, first)
     engine.clear_view_cache()
     assert not engine._view_cache
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_cpu_mask_kernel_matches_torch_where_bit_for_bit(dtype, channels_last):
+    from packnet_edu.bits import bit_mask
+    g = torch.randn(6, 4, 3, 3).to(dtype)
+    g.view(-1)[:4] = torch.tensor([float("nan"), float("inf"), -0.0, float("-inf")]).to(dtype)
+    if channels_last:
+        g = g.to(memory_format=torch.channels_last)
+    keep = torch.rand(6, 4, 3, 3, generator=torch.Generator().manual_seed(0)) > 0.5
+    keep.view(-1)[:2] = False
+    keep = torch.empty_like(g, dtype=torch.bool).copy_(keep)
+    expected = torch.where(keep, g, g.new_zeros(()))
+    got = g.clone()
+    int_view(got).bitwise_and_(bit_mask(keep, got))
+    assert same_bits(got, expected) and got.stride() == g.stride()
