@@ -193,7 +193,7 @@ class PackNet:
         self.generation = 0       # bumped by every _snapshot
         self._trainable: Dict[str, torch.Tensor] = {}   # packed weights with frozen entries: True = may move
         self._prints: Dict[str, tuple] = {}             # ... their frozen entries' fingerprints
-        self._grad_masks: Dict[str, torch.Tensor] = {}  # ... as 0/-1 integers (mask mode on a CPU)
+        self._bit_masks: Dict[str, torch.Tensor] = {}  # ... as 0/-1 integers (the CPU kernels)
         self._copies: Dict[str, torch.Tensor] = {}      # stored values: small tensors; packed ones in restore mode
         self._clean: Dict[str, tuple] = {}              # (id, version) of each tensor when last verified
         self._slots: list = []    # (module, attribute, parameter, device, dtype) at the last full check
@@ -294,7 +294,7 @@ class PackNet:
 
     def _snapshot(self) -> None:
         """Record the values that must not move, and which entries may."""
-        for table in (self._trainable, self._prints, self._grad_masks, self._copies, self._clean,
+        for table in (self._trainable, self._prints, self._bit_masks, self._copies, self._clean,
                       self._view_cache):
             table.clear()
         self.generation += 1      # protect() re-decides how to freeze when ownership changes
@@ -341,10 +341,14 @@ class PackNet:
             if name.startswith("buffer:"):
                 continue                      # norm layers run in eval mode after task 1: nothing to undo
             param = self.parameter(name)
-            if name in self._trainable:
-                torch.where(self._trainable[name], param, ref, out=param)   # in place: one pass
-            else:
+            if name not in self._trainable:
                 param.copy_(ref)
+            elif param.device.type != "cpu":
+                torch.where(self._trainable[name], param, ref, out=param)   # in place: one pass
+            else:           # CPUs: ref ^ ((param ^ ref) & keep) on the bits, 2x faster than torch.where
+                p, r = int_view(param), int_view(ref)
+                d = torch.bitwise_xor(p, r).bitwise_and_(self._bit_mask(name, param))
+                torch.bitwise_xor(r, d, out=p)
 
     @torch.no_grad()
     def mask_frozen_gradients(self) -> None:
@@ -360,10 +364,14 @@ class PackNet:
                 continue
             # On CPUs torch.where with a scattered mask is kernel-bound (7x slower than
             # a bitwise and of the integer view with a 0/-1 mask: benchmarks/results)
-            m = self._grad_masks.get(name)
-            if m is None or m.dtype != int_view(g).dtype or m.stride() != g.stride() or m.device != g.device:
-                m = self._grad_masks[name] = bit_mask(trainable, g)
-            int_view(g).bitwise_and_(m)
+            int_view(g).bitwise_and_(self._bit_mask(name, g))
+
+    def _bit_mask(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """The trainable mask of `name` as 0/-1 integers shaped and laid out like `like` (CPU kernels)."""
+        m = self._bit_masks.get(name)
+        if m is None or m.dtype != int_view(like).dtype or m.stride() != like.stride() or m.device != like.device:
+            m = self._bit_masks[name] = bit_mask(self._trainable[name], like)
+        return m
         for name in self.frozen_names():
             if name not in self._trainable:
                 self.parameter(name).grad = None

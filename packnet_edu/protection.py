@@ -98,9 +98,11 @@ class Protection:
         for name in e.frozen_names():
             p = e.parameter(name)
             n, size = p.numel(), p.element_size()
-            if name in e._trainable:       # mask; grad r+w, or weight r+w and copy r
-                mask = size if self.mode == "mask" and p.device.type == "cpu" else 1   # see mask_frozen_gradients
-                total += n * (mask + (2 if self.mode == "mask" else 3) * size)
+            if name in e._trainable:
+                if p.device.type != "cpu":     # 1-byte mask; grad r+w, or weight r+w and copy r
+                    total += n * (1 + (2 if self.mode == "mask" else 3) * size)
+                else:                          # the CPU kernels (engine.py): a 0/-1 mask of the element size;
+                    total += n * size * (3 if self.mode == "mask" else 10)   # and; or xor, and, xor
             elif self.mode != "mask":      # frozen bias/BatchNorm copied back (mask mode: no gradient)
                 total += 2 * n * size
         return total

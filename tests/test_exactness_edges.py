@@ -357,3 +357,24 @@ def test_the_cpu_mask_kernel_matches_torch_where_bit_for_bit(dtype, channels_las
     got = g.clone()
     int_view(got).bitwise_and_(bit_mask(keep, got))
     assert same_bits(got, expected) and got.stride() == g.stride()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_cpu_restore_kernel_writes_back_exactly_the_frozen_bits(channels_last):
+    model = tiny(batch_norm=False)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    engine = PackNet(model.trunk, heads=model.heads)
+    task1_done(model, engine)
+    engine.start_task()
+    engine.keep_copies()
+    w = engine.weights["conv2.weight"]
+    frozen = ~engine._trainable["conv2.weight"]
+    stored = w.detach().clone()
+    with torch.no_grad():
+        w.add_(1.0)
+        w[tuple(frozen.nonzero()[0])] = float("nan")
+    moved = w.detach().clone()
+    engine.restore_frozen()
+    assert same_bits(w[frozen], stored[frozen]) and same_bits(w[~frozen], moved[~frozen])
+    assert w.stride() == stored.stride()
