@@ -40,7 +40,6 @@ rank during task 1; the paper's VGG-16 has none.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
@@ -50,6 +49,7 @@ import torch.distributed as dist
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 from . import train as T
+from .checkpoint import checksum       # one digest of named tensors for the whole package
 from .engine import PackNet, PackNetError
 
 
@@ -151,15 +151,6 @@ def _evaluate(model, task, loader, device="cpu", amp=False):
 
 
 # ------------------------------------------------------------------ ownership
-def checksum(tensors: Dict[str, torch.Tensor]) -> str:
-    """A digest of named tensors' bytes (owner maps, weights): equal iff identical."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        h.update(name.encode())
-        h.update(tensors[name].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def all_checksums(tensors: Dict[str, torch.Tensor]) -> List[str]:
     """Every rank's checksum of `tensors` (one entry on a single process)."""
     mine = checksum(tensors)
