@@ -365,6 +365,9 @@ class PackNet:
             # On CPUs torch.where with a scattered mask is kernel-bound (7x slower than
             # a bitwise and of the integer view with a 0/-1 mask: benchmarks/results)
             int_view(g).bitwise_and_(self._bit_mask(name, g))
+        for name in self.frozen_names():
+            if name not in self._trainable:
+                self.parameter(name).grad = None
 
     def _bit_mask(self, name: str, like: torch.Tensor) -> torch.Tensor:
         """The trainable mask of `name` as 0/-1 integers shaped and laid out like `like` (CPU kernels)."""
@@ -372,9 +375,6 @@ class PackNet:
         if m is None or m.dtype != int_view(like).dtype or m.stride() != like.stride() or m.device != like.device:
             m = self._bit_masks[name] = bit_mask(self._trainable[name], like)
         return m
-        for name in self.frozen_names():
-            if name not in self._trainable:
-                self.parameter(name).grad = None
 
     def protect(self, optimizer: torch.optim.Optimizer) -> Protection:
         """Hook `optimizer` so that after each step older tasks' weights, the
