@@ -38,9 +38,10 @@ import tempfile
 import time
 import uuid
 import warnings
+from collections.abc import Callable, Sequence
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,7 +90,7 @@ def notebook_config(**overrides) -> Config:
     return dataclasses.replace(base, **overrides)
 
 
-def eval_cap() -> Optional[int]:
+def eval_cap() -> int | None:
     """Fast mode also caps each task's validation and test splits (a fixed,
     seeded subsample): evaluation, not training, dominates a tiny run."""
     return 500 if fast_mode() else None
@@ -112,12 +113,12 @@ def source_hash() -> str:
     return provenance.source_hash()
 
 
-def data_files(cfg: Config) -> Dict[str, List[Path]]:
+def data_files(cfg: Config) -> dict[str, list[Path]]:
     """The files each of the config's tasks reads: what the key fingerprints.
     (A prepared image dataset is fingerprinted by its classes.json, which
     records its counts; its images are too many to hash at every load.)"""
     from . import data
-    out: Dict[str, List[Path]] = {}
+    out: dict[str, list[Path]] = {}
     for task in cfg.tasks:
         if cfg.data_root is not None:
             out[task] = [Path(cfg.data_root) / task / "classes.json"]
@@ -137,17 +138,17 @@ def data_files(cfg: Config) -> Dict[str, List[Path]]:
                         "digits": ("sklearn", "datasets/data/digits.csv.gz")}[task]
             spec = find_spec(pkg)
             if spec is not None and spec.submodule_search_locations:
-                out[task] = [Path(list(spec.submodule_search_locations)[0]) / rel]
+                out[task] = [Path(next(iter(spec.submodule_search_locations))) / rel]
         out.setdefault(task, [])
     return out
 
 
-def data_fingerprint(cfg: Config) -> Dict[str, Dict[str, str]]:
+def data_fingerprint(cfg: Config) -> dict[str, dict[str, str]]:
     """{task: {file name: content hash}} (hashed once per process per file)."""
     return {task: provenance.data_fingerprint(paths) for task, paths in data_files(cfg).items()}
 
 
-def cache_key(name: str, cfg: Config, extra: Optional[dict] = None) -> dict:
+def cache_key(name: str, cfg: Config, extra: dict | None = None) -> dict:
     cfg_dict = cfg.to_dict() if isinstance(cfg, Config) else dict(cfg)
     tensors: list = []
     extra = _encode(extra or {}, tensors, "extra")
@@ -181,7 +182,7 @@ def key_hash(key: dict) -> str:
     return hashlib.sha256(_canonical(key).encode()).hexdigest()[:12]
 
 
-def _differences(old: dict, new: dict, prefix: str = "") -> List[str]:
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(old) | set(new)):
         a, b = old.get(k), new.get(k)
@@ -269,7 +270,7 @@ def _write_entry(folder: Path, key: dict, result: dict, seconds: float) -> None:
     (folder / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
-def _read_entry(folder: Path, key: dict) -> Tuple[Optional[dict], Optional[dict], str]:
+def _read_entry(folder: Path, key: dict) -> tuple[dict | None, dict | None, str]:
     """(result, meta, "") for a sound entry with this key, else (None, meta or None, why not)."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
@@ -293,7 +294,7 @@ def _read_entry(folder: Path, key: dict) -> Tuple[Optional[dict], Optional[dict]
         if "checkpoint.pt" in files:
             result["checkpoint"] = ck.load(folder / "checkpoint.pt")
             result["checkpoint_path"] = str(folder / "checkpoint.pt")
-    except Exception as err:  # a checksummed file that still fails to load: never used
+    except Exception as err:  # noqa: BLE001 (a checksummed file that still fails to load, however: never used)
         return None, meta, f"it cannot be read ({type(err).__name__}: {err})"
     return result, meta, ""
 
@@ -373,8 +374,8 @@ def _why_computing(root: Path, name: str, key: dict) -> str:
 
 
 # ------------------------------------------------------------ load or run
-def load_or_run(name: str, cfg: Config, fn: Callable[[], dict], extra: Optional[dict] = None,
-                refresh: bool = False, verbose: bool = True, code: Optional[Callable] = None) -> dict:
+def load_or_run(name: str, cfg: Config, fn: Callable[[], dict], extra: dict | None = None,
+                refresh: bool = False, verbose: bool = True, code: Callable | None = None) -> dict:
     """`fn()`'s result (a dict), loaded from the cache if it was computed with
     this exact key (name, config, `extra`, code, versions, threads, data),
     else computed and stored. `code`: a function written outside the library
@@ -432,7 +433,7 @@ def load_or_run(name: str, cfg: Config, fn: Callable[[], dict], extra: Optional[
 
 
 # ------------------------------------------------------------ the shared runs
-_TASKS: Dict[tuple, list] = {}
+_TASKS: dict[tuple, list] = {}
 
 
 def tasks_for(cfg: Config):
@@ -479,7 +480,7 @@ def packnet_run(cfg: Config, layer: str = "conv1.weight") -> dict:
     after-training weights where the final owner map of the task keeps them."""
     def run():
         from .train import run_packnet
-        snaps: List[dict] = []
+        snaps: list[dict] = []
 
         def record(progress, model, engine, task_names):
             t, phase = progress["task"], progress["phase"]
@@ -537,7 +538,7 @@ def pruning_study(cfg: Config, ratios: Sequence[float], task: int = 1) -> dict:
         ckpt = ck.make_checkpoint(model, engine, cfg.to_dict(), [data.name])
         dense = evaluate_task(model, engine, 1, test_loader, cfg.device)
 
-        def retrained(ratio: Optional[float]):
+        def retrained(ratio: float | None):
             m, e = ck.restore(ckpt)
             if ratio is not None:
                 e.prune(float(ratio))
@@ -558,7 +559,7 @@ def pruning_study(cfg: Config, ratios: Sequence[float], task: int = 1) -> dict:
     return load_or_run("pruning", cfg, run, extra={"ratios": [float(r) for r in ratios], "task": task})
 
 
-def pruning_ratios() -> List[float]:
+def pruning_ratios() -> list[float]:
     """The ratios of the pruning notebook's precomputed curve (fewer in fast
     mode); both hold 0.75, the ratio PackNet prunes its later tasks with."""
     if fast_mode():

@@ -22,9 +22,9 @@ import ast
 import hashlib
 import io
 import tokenize
+from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -41,11 +41,11 @@ NOT_COMPUTING = {
     "provenance.py": "this file: it hashes, it computes no result",
 }
 
-_MEMO: Dict[Tuple[str, int, int], Tuple[str, Set[str]]] = {}
+_MEMO: dict[tuple[str, int, int], tuple[str, set[str]]] = {}
 
 
 # ------------------------------------------------------------ source
-def package_modules() -> List[str]:
+def package_modules() -> list[str]:
     """Every module file of the package, sorted: 'engine.py', ..."""
     return sorted(p.name for p in PACKAGE_DIR.glob("*.py"))
 
@@ -55,7 +55,7 @@ def _char_col(line: str, byte_col: int) -> int:
     return len(line.encode()[:byte_col].decode(errors="ignore"))
 
 
-def code_text(source: str) -> Tuple[str, Set[str]]:
+def code_text(source: str) -> tuple[str, set[str]]:
     """(the source without comments, docstrings and blank lines, the names of
     the package modules it imports)."""
     tree = ast.parse(source)
@@ -75,7 +75,7 @@ def code_text(source: str) -> Tuple[str, Set[str]]:
     return text, _imports(tree)
 
 
-def _imports(tree: ast.AST) -> Set[str]:
+def _imports(tree: ast.AST) -> set[str]:
     """Package modules imported anywhere in the module (inside functions too)."""
     found = set()
     for node in ast.walk(tree):
@@ -94,7 +94,7 @@ def _imports(tree: ast.AST) -> Set[str]:
     return {m for m in found if (PACKAGE_DIR / m).is_file()}
 
 
-def _module(name: str) -> Tuple[str, Set[str]]:
+def _module(name: str) -> tuple[str, set[str]]:
     """(hash of a module's code, the package modules it imports); read again when the file changes."""
     path = PACKAGE_DIR / name
     st = path.stat()
@@ -105,7 +105,7 @@ def _module(name: str) -> Tuple[str, Set[str]]:
     return _MEMO[memo_key]
 
 
-def computing_modules(entry: Optional[str] = None) -> List[str]:
+def computing_modules(entry: str | None = None) -> list[str]:
     """The modules whose code decides a result: with `entry` (e.g. "experiments"),
     that module and every package module it imports, directly or not; without,
     the whole package. Both minus NOT_COMPUTING; __init__.py always counts (every
@@ -122,12 +122,12 @@ def computing_modules(entry: Optional[str] = None) -> List[str]:
     return sorted(found - set(NOT_COMPUTING))
 
 
-def module_hashes(entry: Optional[str] = None) -> Dict[str, str]:
+def module_hashes(entry: str | None = None) -> dict[str, str]:
     """{module: hash of its code} for computing_modules(entry)."""
     return {name: _module(name)[0] for name in computing_modules(entry)}
 
 
-def library_versions() -> Dict[str, Optional[str]]:
+def library_versions() -> dict[str, str | None]:
     """The installed torch and torchvision (None where missing), without importing them."""
     out = {}
     for dist in ("torch", "torchvision"):
@@ -142,19 +142,19 @@ def _digest(obj) -> str:
     return hashlib.sha256(repr(sorted(obj.items()) if isinstance(obj, dict) else obj).encode()).hexdigest()[:16]
 
 
-def source_hash(entry: Optional[str] = None) -> str:
+def source_hash(entry: str | None = None) -> str:
     """One hash of the code of computing_modules(entry)."""
     return _digest(module_hashes(entry))
 
 
-def code_hash(entry: Optional[str] = None) -> str:
+def code_hash(entry: str | None = None) -> str:
     """One hash of the code of computing_modules(entry) and the torch and
     torchvision versions: the identity of "the code that produced a number"."""
     return _digest({"source": source_hash(entry), **library_versions()})
 
 
 # ------------------------------------------------------------ data files
-_FILE_MEMO: Dict[Tuple[str, int, int], str] = {}
+_FILE_MEMO: dict[tuple[str, int, int], str] = {}
 
 
 def file_digest(path: Path) -> str:
@@ -171,7 +171,7 @@ def file_digest(path: Path) -> str:
     return _FILE_MEMO[memo_key]
 
 
-def data_fingerprint(paths: Iterable[Path]) -> Dict[str, str]:
+def data_fingerprint(paths: Iterable[Path]) -> dict[str, str]:
     """{file name: content hash} of data files. Names, not paths, so that the
     same files elsewhere (another machine, another checkout) give the same
     fingerprint; a missing file is recorded as missing."""
@@ -186,7 +186,7 @@ def record(entry: str, data_files: Sequence[Path] = ()) -> dict:
             **library_versions(), "data": data_fingerprint(data_files)}
 
 
-def stale(recorded: Optional[dict], data_files: Optional[Sequence[Path]] = None) -> List[str]:
+def stale(recorded: dict | None, data_files: Sequence[Path] | None = None) -> list[str]:
     """Why a record is no longer what the current code would produce: one
     phrase per difference ("engine.py changed", "torch 2.14.1 -> 2.15.0"), an
     empty list when it still is. `data_files`: check the data too."""

@@ -5,10 +5,10 @@ import re
 import subprocess
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,10 +49,6 @@ def test_the_test_helper_sees_real_names():
 def test_tests_use_a_fresh_temporary_cache():
     """Not the repository's cache/: a folder made for this session, which
     processes started by tests (notebook kernels) inherit."""
-    import os
-    import subprocess
-    import sys
-    import tempfile
     path = Path(os.environ["PACKNET_CACHE"])
     assert path.name.startswith("packnet-test-cache-") and path.parent == Path(tempfile.gettempdir())
     from packnet_edu import cache

@@ -1,22 +1,34 @@
-"""What README.md says about `make demo` is what the code does.
+"""What README.md says about `make demo` and `compare` is what the code does.
 
 The ownership table is checked exactly (it depends only on the layer sizes and
 the prune schedule). The accuracy table is checked by rerunning the demo's
 config (a minute on 2 cores): within 1 point per task, because another CPU may
 round float32 sums differently; on the machine that wrote the README it
 matches to the printed digit.
+
+The comparison is a recorded run (docs/compare, 4 minutes to redo): its
+results.json names the code, torch, torchvision and data files that produced
+it (packnet_edu.provenance), and a test fails as soon as any of them differs
+from what is here, so the README can never show numbers that the current code
+would not compute. Its memory and mask-bit rows are recomputed here from the
+networks' shapes.
 """
+import json
+import math
 import re
 from pathlib import Path
 
 import pytest
 
-from packnet_edu import PackNet
+from packnet_edu import PackNet, cache, provenance
 from packnet_edu.report import ownership_table
 from packnet_edu.train import Config, make_model, prune_schedule, run_packnet
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
 NUM_CLASSES = [10, 10, 10, 10]          # fashion, mnist, animals, digits
+RECORD = ROOT / "docs" / "compare" / "results.json"
+REGENERATE = "python scripts/make_figures.py --compare (4 minutes on 2 cores)"
 
 
 def readme_block(title: str) -> str:
@@ -42,7 +54,7 @@ def test_readme_ownership_table_is_the_schedule():
 @pytest.mark.slow
 def test_readme_accuracy_table_is_the_demo():
     rows = re.findall(r"^(\d):(\w+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(yes|NO)\s*$",
-                      readme_block("Test accuracy (%) of each task, PackNet:"), re.M)
+                      readme_block("Test accuracy (%) of each task, PackNet:"), re.MULTILINE)
     assert len(rows) == 4, "README's demo table not found"
     result = run_packnet(Config(), verbose=False)
     assert result["task_names"] == [r[1] for r in rows]
@@ -54,14 +66,78 @@ def test_readme_accuracy_table_is_the_demo():
         assert result["matrix"][-1][j] == result["matrix"][j][j]     # PackNet: exactly no forgetting
 
 
+def recorded() -> dict:
+    return json.loads(RECORD.read_text())
+
+
+def record_data_files(results: dict) -> list:
+    return [p for paths in cache.data_files(Config(**results["config"])).values() for p in paths]
+
+
+def test_the_recorded_comparison_is_what_the_current_code_computes():
+    """docs/compare/results.json carries the provenance of the run that wrote it;
+    any change since (a module `compare` runs, torch, torchvision, the data) fails here."""
+    results = recorded()
+    why = provenance.stale(results.get("provenance"), data_files=record_data_files(results))
+    assert not why, (f"docs/compare was made by other code or data ({'; '.join(why)}): regenerate it with "
+                     f"{REGENERATE}, then update README.md's comparison from docs/compare/report.md")
+    assert results["provenance"]["entry"] == "experiments"
+    assert f"<!-- recorded by code {results['provenance']['code']} -->" in README, \
+        "README.md's comparison must name the code of the run it shows (the HTML comment under its table)"
+
+
+def test_a_stale_record_is_caught(tmp_path, monkeypatch):
+    """The check above can fail: a changed computing module, torch version or data file is named."""
+    results = recorded()
+    rec = results["provenance"]
+    files = record_data_files(results)
+    assert provenance.stale(rec, data_files=files) == provenance.stale(json.loads(json.dumps(rec)), data_files=files)
+    edited = dict(rec, modules={**rec["modules"], "engine.py": "0" * 16})
+    assert "engine.py changed" in provenance.stale(edited)
+    assert any(w.startswith("torch ") for w in provenance.stale(dict(rec, torch="0.1")))
+    missing = dict(rec, modules={k: v for k, v in rec["modules"].items() if k != "train.py"})
+    assert "train.py is new in what it runs" in provenance.stale(missing)
+    other = tmp_path / files[0].name
+    other.write_bytes(b"other data")
+    assert any("data files differ" in w for w in provenance.stale(rec, data_files=[other] + files[1:]))
+    assert provenance.stale({"config": {}}) == ["it carries no provenance (the code that produced it is unknown)"]
+
+
+def test_recorded_memory_and_mask_bits_are_recomputed():
+    """The memory row and the owner-map bits do not depend on training: they are
+    recomputed here from the networks' shapes (their state as stored: float32
+    values, int64 BatchNorm counters; for PackNet ceil(log2(T + 1)) bits per
+    trunk weight) and must equal the record's."""
+    results = recorded()
+    cfg = Config(**results["config"])
+    num_tasks = len(results["task_names"])
+    model = make_model(cfg, NUM_CLASSES)
+
+    def size(module):
+        state = module.state_dict().values()
+        return sum(t.numel() for t in state), sum(t.numel() * t.element_size() for t in state)
+    trunk = size(model.trunk)
+    heads = [size(h) for h in model.heads]
+    values, nbytes = trunk[0] + sum(h[0] for h in heads), trunk[1] + sum(h[1] for h in heads)
+    bits = math.ceil(math.log2(num_tasks + 1))
+    mask_bytes = sum(bits * math.ceil(o.numel() / 8) for o in PackNet(model.trunk).owner.values())
+    one = {"values": values, "bytes": nbytes, "mask_bytes": 0}
+    want = {"individual": {"values": values + (num_tasks - 1) * trunk[0],
+                           "bytes": nbytes + (num_tasks - 1) * trunk[1], "mask_bytes": 0},
+            "finetune": one, "classifier_only": one, "joint": one, "lwf": one,
+            "packnet": {"values": values, "bytes": nbytes + mask_bytes, "mask_bytes": mask_bytes}}
+    got = {m: results["methods"][m]["memory"] for m in want}
+    assert got == want
+    assert results["methods"]["packnet"]["mask_bits"] == bits == 3
+
+
 def test_readme_comparison_is_the_recorded_run():
     """The README's comparison table is the recorded `compare` run in
     docs/compare/, exactly as the report renders it (error per task, average,
     backward transfer, memory), and the numbers in the prose under it are that run's."""
-    import json
     from packnet_edu.metrics import average_accuracy, backward_transfer
     from packnet_edu.report import comparison_table
-    results = json.loads((Path(__file__).resolve().parent.parent / "docs/compare/results.json").read_text())
+    results = recorded()
     methods = ["individual", "finetune", "classifier_only", "joint", "lwf", "packnet"]
     assert list(results["methods"]) == methods
     assert all(results["methods"][m]["memory"]["bytes"] > 0 for m in methods)
