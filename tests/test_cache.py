@@ -268,6 +268,14 @@ def test_a_value_that_would_not_come_back_is_refused_when_stored(tmp_cache, bad)
     assert not list(tmp_cache.glob("bad-*")) and not list(tmp_cache.glob(".*"))
 
 
+def test_refused_alike_where_the_cache_cannot_be_written(tmp_path, monkeypatch):
+    """The refusal does not depend on the cache folder: a cell fails on its first run everywhere."""
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("PACKNET_CACHE", str(tmp_path / "a-file" / "cache"))
+    with pytest.warns(cache.CacheWarning), pytest.raises(cache.CacheError, match=r"result\['s'\] is a builtins.set"):
+        cache.load_or_run("bad", Config(), lambda: {"s": {1}})
+
+
 def test_numpy_values_and_tuples_in_extra_load_instead_of_recomputing():
     fn, calls = counter()
     extra = {"ratios": (np.float64(0.5), 0.75), "task": np.int64(1), "grid": np.linspace(0, 1, 3)}
