@@ -14,10 +14,10 @@ screens), each atomically.
 --compare: runs `python -m packnet_edu compare` with the default config in
 runs/compare-record/, adds to its results.json the provenance of the code,
 torch, torchvision and data files that produced it (packnet_edu.provenance;
-tests/test_readme.py fails when any of them changes), and copies its report
-files and figures into docs/compare/. The README's comparison table and
-prose are then updated by hand from docs/compare/report.md (the test says
-where they differ).
+tests/test_readme.py fails when any of them changes), copies its report
+files and figures into docs/compare/, and puts its table and code hash in
+README.md. The numbers in the prose under the table are updated by hand
+(tests/test_readme.py says which differ).
 """
 from __future__ import annotations
 
@@ -32,12 +32,19 @@ from packnet_edu.fileio import atomic_write
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def record_compare(dest: Path, scratch: Path) -> Path:
-    """`compare` with the default config, its results.json carrying its provenance, copied into `dest`."""
+def record_compare(dest: Path, scratch: Path, readme: Path = ROOT / "README.md") -> Path:
+    """`compare` with the default config, its results.json carrying its
+    provenance, copied into `dest`; README's comparison table and the code
+    hash under it replaced by the new run's."""
+    import json
+    import re
+
     from packnet_edu.experiments import REPORT_FILES, compare, write_report
+    from packnet_edu.report import comparison_table
     from packnet_edu.train import Config
     cfg = Config()
     files = [p for paths in cache.data_files(cfg).values() for p in paths]
+    old_table = comparison_table(json.loads((dest / "results.json").read_text()))
     before = provenance.record("experiments", files)
     t0 = time.time()
     results = compare(cfg, scratch, overwrite=True)
@@ -48,8 +55,15 @@ def record_compare(dest: Path, scratch: Path) -> Path:
     write_report(results, scratch)
     for name in list(REPORT_FILES) + results["figures"]:
         atomic_write(dest / name, (scratch / name).read_bytes())
-    print(f"recorded the comparison in {dest} ({time.time() - t0:.0f}s; code {before['code']}); "
-          f"now update README.md's comparison from {dest / 'report.md'}")
+    text = readme.read_text()
+    if old_table not in text:
+        raise SystemExit(f"error: recorded in {dest}, but {readme} does not show the previous table; "
+                         "update its comparison by hand from report.md")
+    text = text.replace(old_table, comparison_table(results))
+    text = re.sub(r"<!-- recorded by code \w+ -->", f"<!-- recorded by code {before['code']} -->", text)
+    atomic_write(readme, text)
+    print(f"recorded the comparison in {dest} ({time.time() - t0:.0f}s; code {before['code']}) and put its "
+          f"table in {readme.name}; now check the numbers in the prose under it (tests/test_readme.py)")
     return dest
 
 

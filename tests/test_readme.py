@@ -79,8 +79,8 @@ def test_the_recorded_comparison_is_what_the_current_code_computes():
     any change since (a module `compare` runs, torch, torchvision, the data) fails here."""
     results = recorded()
     why = provenance.stale(results.get("provenance"), data_files=record_data_files(results))
-    assert not why, (f"docs/compare was made by other code or data ({'; '.join(why)}): regenerate it with "
-                     f"{REGENERATE}, then update README.md's comparison from docs/compare/report.md")
+    assert not why, (f"docs/compare was made by other code or data ({'; '.join(why)}): record it again with "
+                     f"{REGENERATE}, then check the numbers in README.md's prose under the table")
     assert results["provenance"]["entry"] == "experiments"
     assert f"<!-- recorded by code {results['provenance']['code']} -->" in README, \
         "README.md's comparison must name the code of the run it shows (the HTML comment under its table)"
@@ -88,9 +88,9 @@ def test_the_recorded_comparison_is_what_the_current_code_computes():
 
 def test_a_stale_record_is_caught(tmp_path, monkeypatch):
     """The check above can fail: a changed computing module, torch version or data file is named."""
-    results = recorded()
-    rec = results["provenance"]
-    files = record_data_files(results)
+    files = record_data_files(recorded())
+    rec = provenance.record("experiments", files)
+    assert provenance.stale(rec, data_files=files) == []
     assert provenance.stale(rec, data_files=files) == provenance.stale(json.loads(json.dumps(rec)), data_files=files)
     edited = dict(rec, modules={**rec["modules"], "engine.py": "0" * 16})
     assert "engine.py changed" in provenance.stale(edited)
@@ -155,3 +155,43 @@ def test_readme_comparison_is_the_recorded_run():
     assert f"{results['methods']['packnet']['mask_bits']} bits of owner map per weight" in text
     sweep = ", ".join(f"{r:g}: {a:.2f}" for r, a in results["sweep"])
     assert f"(same ratio for every task but the last): {sweep}." in text
+
+
+def test_make_figures_records_the_comparison_with_its_provenance(tmp_path, monkeypatch):
+    """`scripts/make_figures.py --compare` (here with a stand-in for the 4-minute
+    run) stores the provenance of the code that ran, copies the report, and puts
+    the new table and code hash in the README; a change during the run is refused."""
+    import importlib.util
+
+    from packnet_edu import experiments
+    from packnet_edu.report import comparison_table
+    spec = importlib.util.spec_from_file_location("make_figures", ROOT / "scripts" / "make_figures.py")
+    make_figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_figures)
+    old = {k: v for k, v in recorded().items() if k != "provenance"}
+    new = json.loads(json.dumps(old))
+    new["methods"]["packnet"]["matrix"][-1][0] -= 1.0                     # another run's numbers
+    dest = tmp_path / "compare"
+    dest.mkdir()
+    (dest / "results.json").write_text(json.dumps(old))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n\n{comparison_table(old)}\n<!-- recorded by code 0123abcd -->\n\nprose\n")
+
+    def stand_in(cfg, out, overwrite):
+        assert cfg == Config() and overwrite
+        results = json.loads(json.dumps(new))
+        experiments.write_report(results, out)
+        return results
+    monkeypatch.setattr(experiments, "compare", stand_in)
+    make_figures.record_compare(dest, tmp_path / "scratch", readme)
+    written = json.loads((dest / "results.json").read_text())
+    rec = written.pop("provenance")
+    assert rec == provenance.record("experiments", record_data_files(written)) and not provenance.stale(rec)
+    assert written["methods"] == new["methods"] and (dest / "report.md").is_file()
+    assert all((dest / f).is_file() for f in written["figures"])
+    assert readme.read_text() == (f"intro\n\n{comparison_table(new)}\n<!-- recorded by code {rec['code']} -->"
+                                  "\n\nprose\n")
+    records = iter([rec, dict(rec, code="changed")])
+    monkeypatch.setattr(provenance, "record", lambda *a: next(records))
+    with pytest.raises(SystemExit, match="changed while `compare` ran"):
+        make_figures.record_compare(dest, tmp_path / "scratch2", readme)
