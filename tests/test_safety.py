@@ -289,7 +289,7 @@ def test_export_to_a_folder_is_refused(tmp_path):
     path = ck.save(ck.make_checkpoint(model, engine, {"model": "small_vgg", "width": 4}, ["a", "b"]),
                    tmp_path / "c.pt")
     (tmp_path / "dir").mkdir()
-    with pytest.raises(ValueError, match="is a folder: give a file name"):
+    with pytest.raises(ck.CheckpointError, match="is a folder: give a file name"):
         ck.export_task_file(path, 1, tmp_path / "dir")
     one_line_error(cli("export", str(path), "--task", "1", "--out", str(tmp_path / "dir")), "is a folder")
 
