@@ -108,9 +108,10 @@ def check_run_folder(out: Path, resume: bool = False, overwrite: bool = False) -
 def config_changes(saved: dict, now: dict) -> List[str]:
     """The fields in which two configs differ, each 'field: saved -> now'; a
     field one of them lacks (written by another packnet_edu version) counts."""
-    gone = "(not recorded)"
-    return [f"{k}: {saved.get(k, gone)!r} -> {now.get(k, gone)!r}"
-            for k in sorted(set(saved) | set(now)) if saved.get(k, gone) != now.get(k, gone)]
+    def shown(d: dict, k: str) -> str:
+        return repr(d[k]) if k in d else "(not recorded)"
+    return [f"{k}: {shown(saved, k)} -> {shown(now, k)}" for k in sorted(set(saved) | set(now))
+            if k not in saved or k not in now or saved[k] != now[k]]
 
 
 def _warn_thread_count(ckpt: dict, cfg: Config) -> None:
