@@ -5,7 +5,10 @@ and every file in it is written atomically. A folder holding a run is never
 silently reused: a finished run is refused unless `overwrite`, an
 interrupted one is continued with `resume` (or restarted with `overwrite`).
 `overwrite` only ever replaces the files a run writes (checkpoint.pt,
-results.json); nothing else in the folder is touched.
+results.json); nothing else in the folder is touched. `run` and `compare`
+never replace each other's folders, whatever the flags. A finished run's
+checkpoint holds its results too, so `resume` rewrites a lost or cut-off
+results.json from it without training.
 """
 from __future__ import annotations
 
@@ -146,8 +149,9 @@ def _run_locked(cfg, out: Path, resume, verbose, runtime, write, overwrite) -> d
     if write:
         remove_leftover_temp_files(out, RUN_FILES)      # from a process killed mid-write
     # Only the writer judges the folder: other ranks of a distributed run would
-    # race rank 0's first checkpoint (they still read it to resume).
-    state = check_run_folder(out, resume, overwrite) if write or resume else "new"
+    # race rank 0's first checkpoint or rewritten results.json (they still read
+    # the checkpoint to resume).
+    state = check_run_folder(out, resume, overwrite) if write else run_folder_state(out) if resume else "new"
     resume_from = None
     if resume:
         ckpt = ck.load(path)
@@ -196,10 +200,10 @@ def _results_from_checkpoint(ckpt: dict, out: Path, write: bool, verbose: bool) 
     if write:
         _write_json(out / "results.json", summary)
     if verbose and write:
-        print(f"{out / 'checkpoint.pt'} holds a finished run: rewrote {out / 'results.json'} from it "
+        print(f"{out / 'checkpoint.pt'} holds a finished run: {out / 'results.json'} rewritten from it "
               "(nothing trained)")
     model, engine = ck.restore(ckpt)
-    return dict(summary, model=model, engine=engine)
+    return dict(summary, model=model, engine=engine, rewritten=True)
 
 
 def run_method_packnet_cli(cfg: Config, out: Path, resume: bool, overwrite: bool = False) -> int:
@@ -214,7 +218,8 @@ def run_method_packnet_cli(cfg: Config, out: Path, resume: bool, overwrite: bool
     print()
     print("Weights each task owns, per layer (count and share):")
     print(ownership_table(result["engine"].owner, result["task_names"]))
-    print(f"\nwrote {out}/checkpoint.pt and {out}/results.json in {time.time() - t0:.0f}s")
+    wrote = f"{out}/results.json" if result.get("rewritten") else f"{out}/checkpoint.pt and {out}/results.json"
+    print(f"\nwrote {wrote} in {time.time() - t0:.0f}s")
     return 0
 
 def parse_sweep(text: str) -> list:

@@ -1,8 +1,9 @@
 """Nothing lost, every error one line: the second round (issue 16 items 1-4, 6,
 9-11, 13-15, 17; issue 15 item 11). One test per numbered case, each failing
 on main 1efed2f. They run the command line in this process (`cli.main`) with
-data loading and training replaced by tripwires, so a check that comes too
-late fails the test instead of taking minutes."""
+data loading and model building replaced by tripwires, so a check that comes
+too late fails the test instead of taking minutes.
+`scripts/try_bad_inputs.py` runs the same cases in fresh processes."""
 import errno
 import gzip
 import json
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_safety import CFG, FakeRun
 
 from packnet_edu import checkpoint as ck
 from packnet_edu import cli, data, fileio, small_vgg
@@ -20,7 +22,6 @@ from packnet_edu import train as T
 from packnet_edu import vgg_data as vd
 from packnet_edu.config import Config
 from packnet_edu.engine import PackNet
-from test_safety import CFG, FakeRun
 
 
 def fails(argv, *words) -> str:
@@ -111,7 +112,7 @@ def _foreign_files(tmp: Path) -> dict:
 @pytest.mark.parametrize("model, title", [("resnet50", "ResNet-50"), ("densenet121", "DenseNet-121"),
                                           ("vgg16", "VGG-16")])
 def test_3_foreign_weights_files_are_refused_before_data_loads(tmp_path, tripwires, model, title):
-    for what, path in _foreign_files(tmp_path).items():
+    for path in _foreign_files(tmp_path).values():
         fails(["run", "--model", model, "--weights", path, "--tasks", "digits", "--out", tmp_path / "o"],
               f"is not a {title} state dict", "pass --weights FILE")
 
