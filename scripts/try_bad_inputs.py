@@ -302,10 +302,10 @@ def outcome(case: Case, proc: Optional[subprocess.CompletedProcess], lost: bool,
     return "clear error"
 
 
-def run_case(case: Case, tmp: Path, subst: dict, env: dict) -> Tuple[str, str]:
+def run_case(number: int, case: Case, tmp: Path, subst: dict, env: dict) -> Tuple[str, str]:
     args = [a.format(**subst) for a in case.args.split()]
     if args[0] in ("run", "compare") and "--out" not in args:
-        args += ["--out", f"{tmp}/out-{hashlib.sha1(case.args.encode()).hexdigest()[:8]}"]
+        args += ["--out", f"{tmp}/out-{number}"]           # a new folder for each case
     for name in RESET:                  # each case starts from the same files, whatever the last one did
         shutil.copy(tmp / "pristine" / name, tmp / name)
     if case.setup:
@@ -336,8 +336,8 @@ def main() -> int:
         if not read_only:       # no tmpfs to mount here (not root): that case cannot be set up
             cases = [c for c in cases if "/ro/" not in c.args]
             print("(skipped the read-only disk case: cannot mount a read-only tmpfs here)")
-        for case in cases:
-            got, last = run_case(case, tmp, subst, env)
+        for number, case in enumerate(cases):
+            got, last = run_case(number, case, tmp, subst, env)
             counts[got] += 1
             if got != case.expected:
                 wrong.append(case)

@@ -196,16 +196,13 @@ def test_13_decode_gpu_without_a_cuda_device_is_refused(tmp_path, tripwires):
 
 
 # ------------------------------------------------------------------ messages that say the right thing
-def test_14_compare_after_a_kill_names_overwrite_not_resume(tmp_path, tripwires):
+def test_14_compare_after_a_kill_names_overwrite_not_resume(tmp_path, tripwires, capsys):
     _checkpoint(tmp_path / "c" / "packnet" / "checkpoint.pt",
                 progress={"phase": "end", "task": 1, "matrix": [], "val": [], "probes": []})
     msg = fails(["compare", "--tasks", "digits", "digits", "--out", tmp_path / "c"],
                 "stopped before it finished", "pass --overwrite")
     assert "continue it with --resume" not in msg
-
-
-def test_14_compare_has_no_resume_flag_to_advise(capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit):                # and indeed compare has no --resume to advise
         cli.main(["compare", "--resume"])
     assert "unrecognized arguments: --resume" in capsys.readouterr().err
 
