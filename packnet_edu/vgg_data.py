@@ -369,8 +369,8 @@ def state_dict_mismatch(path: PathLike, builder: str) -> str:
         want = {k: tuple(v.shape) for k, v in getattr(tvm, builder)(weights=None).state_dict().items()}
     missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
     if missing or unexpected:
-        return (f"{len(missing)} of its {len(want)} tensors missing, e.g. {missing[:1]}, "
-                f"{len(unexpected)} unknown, e.g. {unexpected[:1]}")
+        return ", ".join(f"{len(keys)} {what}, e.g. {keys[0]}" for keys, what in (
+            (missing, f"of its {len(want)} tensors missing"), (unexpected, "unknown tensors")) if keys)
     shapes = [k for k in want if tuple(state[k].shape) != want[k]]
     if shapes:
         return f"{len(shapes)} tensors of another shape, e.g. {shapes[0]} {tuple(state[shapes[0]].shape)}, " \
