@@ -35,14 +35,18 @@ def fails(argv, *words) -> str:
     return msg
 
 
-@pytest.fixture
-def tripwires(monkeypatch):
+def set_tripwires(monkeypatch):
     """Loading any data or building the network fails the test."""
     def tripped(*a, **k):
         raise AssertionError("data loaded or the network built before the check")
     for mod, name in ((T, "offline_sequence"), (vd, "load_image_tasks"), (data, "load_task"),
                       (T, "make_model")):
         monkeypatch.setattr(mod, name, tripped)
+
+
+@pytest.fixture
+def tripwires(monkeypatch):
+    set_tripwires(monkeypatch)
 
 
 def _checkpoint(path: Path, progress=None, config=None) -> Path:
@@ -148,10 +152,13 @@ def _fashion(folder: Path, test_size: int = 28, skip: str = "") -> Path:
     return folder
 
 
-def test_6_a_fashion_test_split_of_another_size_is_refused_at_load(tmp_path, monkeypatch):
+def test_6_a_fashion_test_split_of_another_size_is_refused_before_data_loads(tmp_path, monkeypatch):
     monkeypatch.setenv("PACKNET_FASHION_MNIST", str(_fashion(tmp_path / "f", test_size=32)))
     with pytest.raises(data.DataFileError, match="t10k-images.*images are 32x32, the offline tasks are 28x28"):
         data.load_task("fashion")
+    set_tripwires(monkeypatch)      # on the command line: from the files' headers, before any task loads
+    fails(["run", "--tasks", "mnist", "fashion", "--out", tmp_path / "o"],
+          "t10k-images-idx3-ubyte.gz: images are 32x32, the offline tasks are 28x28", "reinstall")
 
 
 # ------------------------------------------------------------------ silent wrong results
