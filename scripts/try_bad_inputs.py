@@ -12,8 +12,8 @@ sort how each case ends:
                the time limit (it loaded data or trained instead of refusing)
   lost         a file the case protects was changed or deleted
 
-    .venv/bin/python scripts/try_bad_inputs.py          # about 8 minutes on 2 cores
-    .venv/bin/python scripts/try_bad_inputs.py --new    # only issue 15's and 16's cases
+    .venv/bin/python scripts/try_bad_inputs.py          # 20 minutes on a busy 2-core CPU
+    .venv/bin/python scripts/try_bad_inputs.py --new    # only issue 15's and 16's cases (6 minutes)
 
 Every case runs `python -m packnet_edu ...` in a fresh process with a
 60-second limit; a case that needs a module attribute changed (the animals
