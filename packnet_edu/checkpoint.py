@@ -4,13 +4,15 @@ A checkpoint is a dict (loaded with `torch.load(weights_only=True)`, so no
 pickled code runs) holding the model's state dict, the owner maps packed to
 ceil(log2(T + 1)) bits per weight for T tasks (the original stores 8), the
 task names, the config, the CPU thread count (results depend on it; resume
-warns when it changes), for a run in progress what is needed to resume, and a
+warns when it changes), for a run in progress what is needed to resume, for a
+finished run its results (what results.json holds), and a
 sha256 checksum of all of it: `load` reports a flipped bit instead of loading it.
 """
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 from pathlib import Path
 from typing import Dict, Optional, Union
 
@@ -60,7 +62,10 @@ def unpack_owner(packed: torch.Tensor, shape, bits: int) -> torch.Tensor:
 
 # ------------------------------------------------------------ build / save / load
 def make_checkpoint(model: MultiHeadNet, engine: PackNet, config: dict, task_names,
-                    progress: Optional[dict] = None) -> dict:
+                    progress: Optional[dict] = None, results: Optional[dict] = None) -> dict:
+    """`progress`: a run in progress (what resuming needs); `results`: a
+    finished run's summary (what its results.json holds, rewritten from here
+    by `run --resume` if that file is lost)."""
     bits = bits_for(engine.num_tasks)
     return {
         "format": FORMAT, "version": FORMAT_VERSION,
@@ -72,6 +77,7 @@ def make_checkpoint(model: MultiHeadNet, engine: PackNet, config: dict, task_nam
         "owner": {name: {"shape": list(o.shape), "bits": bits, "packed": pack_owner(o.cpu(), bits)}
                   for name, o in engine.owner.items()},
         "progress": progress,
+        "results": results,
         # CPU results depend on the thread count (reductions split differently):
         # recorded so that --resume can warn when it changes.
         "threads": torch.get_num_threads(),
@@ -204,11 +210,38 @@ def export_task(model: MultiHeadNet, engine: PackNet, task: int) -> nn.Sequentia
 EXPORT_FORMAT = "packnet_edu.export"
 
 
-def export_task_file(ckpt_path: Union[str, Path], task: int, out: Union[str, Path]) -> Path:
-    """Write task `task` of a checkpoint as a standalone model file."""
-    out = Path(out)
+def check_export_target(ckpt_path: Union[str, Path], task: int, out: Union[str, Path],
+                        overwrite: bool = False) -> None:
+    """Refuse, before anything is read, an --out that is a folder, the
+    checkpoint itself (never, even with `overwrite`), or any existing file
+    (another run's checkpoint, an export, the user's file) unless `overwrite`."""
+    out, src = Path(out), Path(ckpt_path)
     if out.is_dir():
-        raise ValueError(f"--out {out} is a folder: give a file name, e.g. {out / f'task{task}.pt'}")
+        raise CheckpointError(f"--out {out} is a folder: give a file name, e.g. {out / f'task{task}.pt'}")
+    if out.exists() and src.exists() and os.path.samefile(out, src):
+        raise CheckpointError(f"--out {out} is the checkpoint being exported: writing there would replace "
+                              f"the run's checkpoint; give another file, e.g. {out.with_name(f'task{task}.pt')}")
+    if out.exists() and not overwrite:
+        raise CheckpointError(f"--out {out} already exists ({describe_file(out)}): give another file, or "
+                              "pass --overwrite to replace it")
+
+
+def describe_file(path: Path) -> str:
+    """What an existing file is, in a few words, for a refusal to replace it."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return "a file packnet_edu did not write"
+    kind = blob.get("format") if isinstance(blob, dict) else None
+    return {FORMAT: "a packnet_edu checkpoint", EXPORT_FORMAT: "an exported task model"}.get(
+        kind, "a torch file packnet_edu did not write")
+
+
+def export_task_file(ckpt_path: Union[str, Path], task: int, out: Union[str, Path],
+                     overwrite: bool = False) -> Path:
+    """Write task `task` of a checkpoint as a standalone model file; an existing
+    `out` is replaced only with `overwrite`, the checkpoint itself never."""
+    check_export_target(ckpt_path, task, out, overwrite)
     ckpt = load(ckpt_path)
     model, engine = restore(ckpt)
     try:

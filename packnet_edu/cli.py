@@ -38,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "writes results.json, matrices.csv, report.md and figures")
     add_config_flags(comp)
     comp.add_argument("--methods", nargs="+", choices=METHODS, default=None, help="default: all")
-    comp.add_argument("--sweep", default="0.25,0.5,0.75,0.9",
-                      help="prune ratios for the accuracy-against-ratio curve ('none' to skip)")
+    comp.add_argument("--sweep", default=None,
+                      help="prune ratios for the accuracy-against-ratio curve ('none' to skip; default "
+                           "0.25,0.5,0.75,0.9, none for a single task)")
     comp.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
     comp.add_argument("--overwrite", action="store_true",
                       help="replace a comparison already in OUT (its report files and packnet/ run)")
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="save one task as a standalone dense model (its weights and head)")
     exp.add_argument("checkpoint", type=Path)
     exp.add_argument("--task", type=int, required=True, help="task id (1-based)")
-    exp.add_argument("--out", type=Path, required=True, help="file to write")
+    exp.add_argument("--out", type=Path, required=True, help="file to write (never the checkpoint itself)")
+    exp.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     exp.set_defaults(func=cmd_export)
 
     info = sub.add_parser("info", help="describe a checkpoint: tasks, ownership per layer, bytes per weight")
@@ -101,7 +103,7 @@ def cmd_info(args) -> int:
 def cmd_export(args) -> int:
     from . import checkpoint as ck
     try:
-        path = ck.export_task_file(args.checkpoint, args.task, args.out)
+        path = ck.export_task_file(args.checkpoint, args.task, args.out, args.overwrite)
     except (ck.CheckpointError, ValueError) as err:
         raise SystemExit(f"error: {err}")
     print(f"wrote task {args.task} as a standalone model to {path} "

@@ -324,11 +324,32 @@ def config_from_args(args: argparse.Namespace, presets: Optional[Dict[str, Confi
 
 
 def check_model_name(cfg: Config) -> None:
-    """Refuse a model name models.build_model does not know (code may pass its own model)."""
+    """Refuse a model name models.build_model does not know (code may pass its
+    own model), or one that cannot take the run's data or weights."""
     from .models import BUILDERS
     if cfg.model not in BUILDERS:
         raise ConfigError(f"config field 'model': unknown model {cfg.model!r}; choose one of "
                           f"{', '.join(sorted(BUILDERS))}")
+    check_model_inputs(cfg.model, cfg.data_root, cfg.weights)
+
+
+# The small network's inputs: the offline tasks' 28x28 grayscale images.
+GRAYSCALE_MODELS = ("small_vgg",)
+
+
+def check_model_inputs(model: str, data_root, weights) -> None:
+    """small_vgg takes 28x28 grayscale images and starts from random weights:
+    refuse the RGB photos of --data-root and a --weights file for it, which
+    would otherwise fail (or be ignored) only after the data has loaded."""
+    if model not in GRAYSCALE_MODELS:
+        return
+    if data_root is not None:
+        raise ConfigError(f"--data-root holds RGB photos (the paper's datasets), but model {model!r} takes "
+                          "28x28 grayscale images: pass --model vgg16 (or vgg16_bn, resnet50, densenet121), "
+                          "or leave out --data-root for the offline tasks")
+    if weights is not None:
+        raise ConfigError(f"--weights {weights}: model {model!r} starts from random weights; --weights is "
+                          "for vgg16, vgg16_bn, resnet50 and densenet121")
 
 
 def check_task_names(cfg: Config) -> None:
@@ -354,3 +375,6 @@ def check_device(cfg: Config) -> None:
                           f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if kind == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("--device mps, but the MPS backend is not available here: use --device cpu")
+    if cfg.decode == "gpu" and kind != "cuda":     # nvJPEG on a CPU tensor would silently decode on the CPU
+        raise ConfigError(f"--decode gpu decodes JPEGs with nvJPEG on a CUDA GPU, but the device is "
+                          f"{cfg.device}: pass --device cuda, or --decode cpu")

@@ -16,6 +16,7 @@ selection uses validation only. Images are float tensors in [0, 1], shape
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import os
@@ -36,6 +37,7 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 FASHION_DIRS = [Path("/usr/share/datasets/fashion-mnist")]
 TASK_NAMES = ("fashion", "mnist", "animals", "digits")
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)   # train / val / test, where the source has no test split
+IMAGE_SIZE = (28, 28)               # every offline task's images (small_vgg is built for it)
 
 
 class DataMissingError(FileNotFoundError):
@@ -65,20 +67,24 @@ class DataFileError(DataMissingError):
     names it and says how to get a good copy."""
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def _read_idx(path: Path, header_only: bool = False) -> np.ndarray:
     """An IDX file (the MNIST format), gzipped or not (told by its first bytes,
-    not its name); a DataFileError for a truncated or foreign file."""
+    not its name); a DataFileError for a truncated or foreign file.
+    `header_only`: read just the header, return an empty array of the shape
+    it declares with the item count 0 (a check in milliseconds)."""
     try:
         with open(path, "rb") as f:
-            raw = f.read()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+            gzipped = f.read(2) == b"\x1f\x8b"
+        with (gzip.open if gzipped else open)(path, "rb") as f:
+            raw = f.read(16 if header_only else -1)
     except (OSError, EOFError, zlib.error) as err:       # BadGzipFile is an OSError
         raise DataFileError(f"{path} is damaged ({type(err).__name__}: {err})") from None
     if len(raw) < 4 or raw[:3] != b"\x00\x00\x08" or not 1 <= raw[3] <= 3:
         raise DataFileError(f"{path} is not an IDX file of bytes (the MNIST format)")
     ndim = raw[3]
     shape = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    if header_only:
+        return np.zeros([0] + shape[1:], dtype=np.uint8)
     need = 4 + 4 * ndim + math.prod(shape)
     if len(raw) != need:
         raise DataFileError(f"{path} is truncated or damaged: its header promises {need:,} bytes "
@@ -87,10 +93,18 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def check_arrays(images: np.ndarray, labels: np.ndarray, num_classes: int, source) -> None:
-    """Images (N, H, W) and labels (N,) in 0..num_classes-1, or a DataFileError naming `source`."""
+    """Images (N, 28, 28) of uint8 pixel values and labels (N,) in 0..num_classes-1,
+    or a DataFileError naming `source`. Every offline task is 28x28 uint8: the
+    models are built for that size, and `_dataset` divides by 255."""
     if images.ndim != 3 or labels.ndim != 1:
         raise DataFileError(f"{source}: expected images of shape (N, H, W) and labels of shape (N,), "
                             f"got {images.shape} and {labels.shape}")
+    if images.shape[1:] != IMAGE_SIZE:
+        raise DataFileError(f"{source}: images are {images.shape[1]}x{images.shape[2]}, the offline tasks "
+                            f"are {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}")
+    if images.dtype != np.uint8:    # floats in [0, 1] would be divided by 255 again: every pixel black
+        raise DataFileError(f"{source}: images are {images.dtype}; expected uint8 pixel values 0..255 "
+                            "(multiply images in [0, 1] by 255 and round)")
     if len(images) != len(labels):
         raise DataFileError(f"{source}: {len(images)} images but {len(labels)} labels")
     if len(labels) == 0:
@@ -100,34 +114,86 @@ def check_arrays(images: np.ndarray, labels: np.ndarray, num_classes: int, sourc
                             f"{int(labels.min())}..{int(labels.max())}")
 
 
+FASHION_FILES = ("train-images", "train-labels", "t10k-images", "t10k-labels")
+
+
+def _fashion_files(folder: Path) -> dict:
+    """The four Fashion-MNIST files in `folder` (None for each one missing)."""
+    return {s: next(iter(sorted(folder.glob(f"{s}-*idx*-ubyte*"))), None) for s in FASHION_FILES}
+
+
+def _usual_fashion_dirs() -> List[Path]:
+    return FASHION_DIRS + [DATA_DIR / "FashionMNIST" / "raw"]      # the last: torchvision's download
+
+
+def fashion_folder(root: Optional[Path] = None) -> Optional[Path]:
+    """The folder Fashion-MNIST is read from: `root`, else $PACKNET_FASHION_MNIST,
+    else the first of the usual places holding all four files (None: none does).
+    A folder the user named is the only one tried: one that is missing or lacks
+    a file is a DataMissingError, never a silent fall back to another copy."""
+    env = os.environ.get("PACKNET_FASHION_MNIST")
+    if not (root or env):
+        return next((d for d in _usual_fashion_dirs() if d.is_dir() and all(_fashion_files(d).values())), None)
+    what, d = (f"root={root}", Path(root)) if root else (f"PACKNET_FASHION_MNIST={env}", Path(env))
+    files = _fashion_files(d) if d.is_dir() else {}
+    missing = [f"{s}-*-ubyte.gz" for s in FASHION_FILES if not files.get(s)]
+    if missing:
+        why = "is not a folder" if not d.is_dir() else f"lacks {', '.join(missing)}"
+        raise DataMissingError(f"Fashion-MNIST: {what} {why}: point it to a folder holding the four "
+                               "*-ubyte.gz files" + ("" if root else ", or unset it to use the installed copy"))
+    return d
+
+
+def check_sources(names: Sequence[str]) -> None:
+    """The Fashion-MNIST folder (a wrong PACKNET_FASHION_MNIST) and its image
+    size, from the files' headers: milliseconds, before any task loads."""
+    if "fashion" not in names:
+        return
+    d = fashion_folder()
+    if d is None:
+        return                          # load_fashion_mnist tries the download, or says how to get it
+    files = _fashion_files(d)
+    for split in ("train", "t10k"):
+        image, label = files[f"{split}-images"], files[f"{split}-labels"]
+        with _fashion_hint():
+            shape = _read_idx(image, header_only=True).shape
+            if len(shape) != 3 or shape[1:] != IMAGE_SIZE:
+                raise DataFileError(f"{image}: images are {'x'.join(map(str, shape[1:]))}, the offline "
+                                    f"tasks are {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}")
+            _read_idx(label, header_only=True)
+
+
+@contextlib.contextmanager
+def _fashion_hint():
+    """A DataFileError inside, completed with how to get a good copy of Fashion-MNIST."""
+    try:
+        yield
+    except DataFileError as err:
+        raise DataFileError(f"Fashion-MNIST: {err}; reinstall it (`sudo apt-get install --reinstall "
+                            "dataset-fashion-mnist`) or point PACKNET_FASHION_MNIST to a good copy "
+                            "of the four *-ubyte.gz files") from None
+
+
 def load_fashion_mnist(root: Optional[Path] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(train images, train labels, test images, test labels) as uint8 / int64 arrays."""
-    candidates = ([Path(root)] if root else []) + \
-        ([Path(os.environ["PACKNET_FASHION_MNIST"])] if os.environ.get("PACKNET_FASHION_MNIST") else []) + \
-        FASHION_DIRS + [DATA_DIR / "FashionMNIST" / "raw"]
-    for d in candidates:
-        files = {s: next(iter(sorted(d.glob(f"{s}-*idx*-ubyte*"))), None)
-                 for s in ("train-images", "train-labels", "t10k-images", "t10k-labels")}
-        if all(files.values()):
-            try:
-                xtr, ytr, xte, yte = (_read_idx(files[s]).astype(np.int64 if "labels" in s else np.uint8)
-                                      for s in ("train-images", "train-labels", "t10k-images", "t10k-labels"))
-                check_arrays(xtr, ytr, len(CLASSES["fashion"]), f"{files['train-images'].name} and "
-                             f"{files['train-labels'].name} in {d}")
-                check_arrays(xte, yte, len(CLASSES["fashion"]), f"{files['t10k-images'].name} and "
-                             f"{files['t10k-labels'].name} in {d}")
-            except DataFileError as err:
-                raise DataFileError(f"Fashion-MNIST: {err}; reinstall it (`sudo apt-get install --reinstall "
-                                    "dataset-fashion-mnist`) or point PACKNET_FASHION_MNIST to a good copy "
-                                    "of the four *-ubyte.gz files") from None
-            return xtr, ytr, xte, yte
+    d = fashion_folder(root)
+    if d is not None:
+        files = _fashion_files(d)
+        with _fashion_hint():
+            xtr, ytr, xte, yte = (_read_idx(files[s]).astype(np.int64 if "labels" in s else np.uint8)
+                                  for s in FASHION_FILES)
+            check_arrays(xtr, ytr, len(CLASSES["fashion"]), f"{files['train-images'].name} and "
+                         f"{files['train-labels'].name} in {d}")
+            check_arrays(xte, yte, len(CLASSES["fashion"]), f"{files['t10k-images'].name} and "
+                         f"{files['t10k-labels'].name} in {d}")
+        return xtr, ytr, xte, yte
     try:  # the usual download, where there is internet
         from torchvision.datasets import FashionMNIST
         train = FashionMNIST(DATA_DIR, train=True, download=True)
         test = FashionMNIST(DATA_DIR, train=False, download=True)
     except Exception as err:  # no network: say how to get it offline
         raise DataMissingError(
-            "Fashion-MNIST not found in " + ", ".join(map(str, candidates)) +
+            "Fashion-MNIST not found in " + ", ".join(map(str, _usual_fashion_dirs())) +
             f" and the download failed ({type(err).__name__}). Install it with "
             "`sudo apt-get install dataset-fashion-mnist`, or set PACKNET_FASHION_MNIST "
             "to a folder holding the four *-ubyte.gz files.") from None

@@ -5,7 +5,10 @@ and every file in it is written atomically. A folder holding a run is never
 silently reused: a finished run is refused unless `overwrite`, an
 interrupted one is continued with `resume` (or restarted with `overwrite`).
 `overwrite` only ever replaces the files a run writes (checkpoint.pt,
-results.json); nothing else in the folder is touched.
+results.json); nothing else in the folder is touched. `run` and `compare`
+never replace each other's folders, whatever the flags. A finished run's
+checkpoint holds its results too, so `resume` rewrites a lost or cut-off
+results.json from it without training.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -39,10 +42,28 @@ def _write_json(path: Path, obj) -> None:
     atomic_write(path, json.dumps(obj, indent=1))
 
 
+def results_kind(path: Path) -> Optional[str]:
+    """What a results.json is: None (no file), 'comparison' (written by
+    `compare`), 'run' (written by `run`) or 'unreadable' (cut off, damaged)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return "unreadable"
+    if not isinstance(results, dict):
+        return "unreadable"
+    return "comparison" if "methods" in results else "run" if "matrix" in results else "unreadable"
+
+
 def run_folder_state(out: Path) -> str:
-    """'new', 'interrupted' (a checkpoint with progress), 'finished', or
-    'unreadable' (a checkpoint.pt that does not load)."""
+    """'new', 'interrupted' (a checkpoint with progress), 'finished',
+    'unreadable' (a checkpoint.pt that does not load) or 'comparison' (the
+    folder holds what `compare` wrote, not a run)."""
     out = Path(out)
+    if results_kind(out / "results.json") == "comparison":
+        return "comparison"
     if not (out / "checkpoint.pt").exists():
         return "finished" if (out / "results.json").exists() else "new"
     try:
@@ -54,17 +75,23 @@ def run_folder_state(out: Path) -> str:
 
 def check_run_folder(out: Path, resume: bool = False, overwrite: bool = False) -> str:
     """Refuse, before any training, a folder that holds a run the user did not
-    say to continue (`resume`) or replace (`overwrite`). Returns its state."""
+    say to continue (`resume`) or replace (`overwrite`), and a comparison's
+    folder whatever the flags. Returns its state."""
     out = Path(out)
     state = run_folder_state(out)
     if resume and overwrite:
         raise RunFolderError("--resume continues the run in the folder, --overwrite starts it again: "
                              "pass one of them")
+    if state == "comparison":         # --overwrite replaces a run, never another command's results
+        raise RunFolderError(f"{out} holds a comparison (its results.json was written by `compare`), not a "
+                             f"run: `run` would replace it; choose another --out (the comparison's PackNet "
+                             f"run is in {out / 'packnet'})")
     if resume:
-        if state == "new":
+        if not (out / "checkpoint.pt").exists():
             raise RunFolderError(f"--resume: no checkpoint in {out} ({out / 'checkpoint.pt'} is missing), "
-                                 "so nothing to resume; run without --resume to start")
-        if state == "finished":
+                                 "so nothing to resume; run without --resume to start"
+                                 + (" (or with --overwrite to replace its results.json)" if state != "new" else ""))
+        if state == "finished" and results_kind(out / "results.json") == "run":
             raise RunFolderError(f"{out / 'checkpoint.pt'} holds a finished run; nothing to resume "
                                  "(its results are in results.json; --overwrite runs it again)")
         if state == "unreadable":
@@ -75,10 +102,19 @@ def check_run_folder(out: Path, resume: bool = False, overwrite: bool = False) -
                                          "instead of --resume") from None
     elif state != "new" and not overwrite:
         what = {"finished": "a finished run", "interrupted": "an interrupted run (continue it with --resume)",
-                "unreadable": f"an unreadable checkpoint.pt"}[state]
+                "unreadable": "an unreadable checkpoint.pt"}[state]
         raise RunFolderError(f"{out} already holds {what}: choose another --out, or pass --overwrite to "
                              "replace its checkpoint.pt and results.json")
     return state
+
+
+def config_changes(saved: dict, now: dict) -> List[str]:
+    """The fields in which two configs differ, each 'field: saved -> now'; a
+    field one of them lacks (written by another packnet_edu version) counts."""
+    def shown(d: dict, k: str) -> str:
+        return repr(d[k]) if k in d else "(not recorded)"
+    return [f"{k}: {shown(saved, k)} -> {shown(now, k)}" for k in sorted(set(saved) | set(now))
+            if k not in saved or k not in now or saved[k] != now[k]]
 
 
 def _warn_thread_count(ckpt: dict, cfg: Config) -> None:
@@ -113,15 +149,18 @@ def _run_locked(cfg, out: Path, resume, verbose, runtime, write, overwrite) -> d
     if write:
         remove_leftover_temp_files(out, RUN_FILES)      # from a process killed mid-write
     # Only the writer judges the folder: other ranks of a distributed run would
-    # race rank 0's first checkpoint (they still read it to resume).
-    state = check_run_folder(out, resume, overwrite) if write or resume else "new"
+    # race rank 0's first checkpoint or rewritten results.json (they still read
+    # the checkpoint to resume).
+    state = check_run_folder(out, resume, overwrite) if write else run_folder_state(out) if resume else "new"
     resume_from = None
     if resume:
         ckpt = ck.load(path)
-        if ckpt["config"] != cfg.to_dict():
-            changed = sorted(k for k in ckpt["config"] if ckpt["config"][k] != cfg.to_dict().get(k))
-            raise RunFolderError(f"--resume with a different config (changed: {changed}); "
-                                 "use the same flags as the interrupted run")
+        changed = config_changes(ckpt["config"], cfg.to_dict())
+        if changed:
+            raise RunFolderError(f"--resume with a different config ({'; '.join(changed)}): use the same "
+                                 "flags as the interrupted run, or start again with --overwrite")
+        if state == "finished":           # results.json missing or cut off: rewritten, nothing trained
+            return _results_from_checkpoint(ckpt, out, write, verbose)
         _warn_thread_count(ckpt, cfg)
         resume_from = dict(ckpt["progress"], model=ckpt["model"],
                            engine=dict(ckpt["engine"], owner=ck.owner_maps(ckpt)))
@@ -141,11 +180,30 @@ def _run_locked(cfg, out: Path, resume, verbose, runtime, write, overwrite) -> d
     summary = {k: result[k] for k in ("config", "task_names", "ratios", "matrix", "val",
                                       "outputs_identical", "owned", "seconds")}
     summary["threads"] = torch.get_num_threads()
-    # results.json first, then the final checkpoint: killed in between, the
-    # checkpoint still holds the last phase's progress, so --resume finishes.
+    # The final checkpoint holds the summary too, and is written first: killed
+    # before results.json (or with results.json lost later), --resume rewrites
+    # it from the checkpoint without training.
+    ck.save(ck.make_checkpoint(result["model"], result["engine"], cfg.to_dict(), result["task_names"],
+                               results=summary), path)
     _write_json(out / "results.json", summary)
-    ck.save(ck.make_checkpoint(result["model"], result["engine"], cfg.to_dict(), result["task_names"]), path)
     return result
+
+
+def _results_from_checkpoint(ckpt: dict, out: Path, write: bool, verbose: bool) -> dict:
+    """A finished run's results.json rewritten from its checkpoint; returns
+    what run_packnet would (but the tasks), the model and engine restored."""
+    summary = ckpt.get("results")
+    if summary is None:
+        raise RunFolderError(f"{out / 'checkpoint.pt'} holds a finished run but {out / 'results.json'} is "
+                             "missing or damaged, and this checkpoint (from an older packnet_edu) does not "
+                             "hold the results to rewrite it: run it again with --overwrite")
+    if write:
+        _write_json(out / "results.json", summary)
+    if verbose and write:
+        print(f"{out / 'checkpoint.pt'} holds a finished run: {out / 'results.json'} rewritten from it "
+              "(nothing trained)")
+    model, engine = ck.restore(ckpt)
+    return dict(summary, model=model, engine=engine, rewritten=True)
 
 
 def run_method_packnet_cli(cfg: Config, out: Path, resume: bool, overwrite: bool = False) -> int:
@@ -160,7 +218,8 @@ def run_method_packnet_cli(cfg: Config, out: Path, resume: bool, overwrite: bool
     print()
     print("Weights each task owns, per layer (count and share):")
     print(ownership_table(result["engine"].owner, result["task_names"]))
-    print(f"\nwrote {out}/checkpoint.pt and {out}/results.json in {time.time() - t0:.0f}s")
+    wrote = f"{out}/results.json" if result.get("rewritten") else f"{out}/checkpoint.pt and {out}/results.json"
+    print(f"\nwrote {wrote} in {time.time() - t0:.0f}s")
     return 0
 
 def parse_sweep(text: str) -> list:
@@ -177,8 +236,11 @@ def parse_sweep(text: str) -> list:
     return ratios
 
 
-def compare(cfg: Config, out: Path, methods=None, sweep=(0.25, 0.5, 0.75, 0.9), verbose: bool = True,
-            overwrite: bool = False) -> dict:
+DEFAULT_SWEEP = (0.25, 0.5, 0.75, 0.9)
+
+
+def compare(cfg: Config, out: Path, methods=None, sweep: Optional[Sequence[float]] = None,
+            verbose: bool = True, overwrite: bool = False) -> dict:
     """Every method on the same tasks and budget; writes OUT/results.json,
     OUT/matrices.csv, OUT/report.md and figures. PackNet's run is checkpointed
     (OUT/packnet/checkpoint.pt) and its forgetting checked bit for bit.
@@ -190,16 +252,20 @@ def compare(cfg: Config, out: Path, methods=None, sweep=(0.25, 0.5, 0.75, 0.9), 
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise RunFolderError(f"unknown method(s) {unknown}: choose from {', '.join(METHODS)}")
+    if sweep is None:                     # one task: nothing to sweep (it is never pruned)
+        sweep = DEFAULT_SWEEP if len(cfg.tasks) > 1 else ()
     sweep = [float(r) for r in sweep]
+    if sweep and len(cfg.tasks) < 2:      # the last task is never pruned: a sweep would vary nothing
+        raise RunFolderError(f"--sweep {','.join(f'{r:g}' for r in sweep)} with one task: the last task is "
+                             "never pruned, so every ratio would give the same unpruned run; pass "
+                             "--sweep none, or two or more --tasks")
     sweep_cfgs = [Config(**dict(cfg.to_dict(), prune=r)) for r in sweep]    # invalid ratios fail here,
     for c in sweep_cfgs:                                                    # not after the training
         prune_schedule(c.prune, len(cfg.tasks))
     out = Path(out)
     with FolderLock(out, "packnet_edu compare"):
         remove_leftover_temp_files(out, REPORT_FILES)
-        if (out / "results.json").exists() and not overwrite:
-            raise RunFolderError(f"{out} already holds a comparison (results.json): choose another --out, "
-                                 "or pass --overwrite to replace its report files and packnet/ run")
+        check_comparison_folder(out, overwrite)
         if "packnet" in methods:
             check_run_folder(out / "packnet", overwrite=overwrite)
         (out / "results.json").unlink(missing_ok=True)    # overwrite: no old report beside new runs
@@ -226,6 +292,24 @@ def compare(cfg: Config, out: Path, methods=None, sweep=(0.25, 0.5, 0.75, 0.9), 
                 print(f"  packnet prune {ratio:g}: average accuracy {results['sweep'][-1][1]:6.2f}%")
         write_report(results, out)
     return results
+
+
+def check_comparison_folder(out: Path, overwrite: bool) -> None:
+    """Refuse a folder holding a comparison (finished, or stopped before its
+    results.json) unless `overwrite`, and one holding a `run` whatever the flags."""
+    kind = results_kind(out / "results.json")
+    if kind == "run" or (out / "checkpoint.pt").exists():
+        raise RunFolderError(f"{out} holds a run of `run` (checkpoint.pt, results.json), not a comparison: "
+                             "`compare` would replace its results.json; choose another --out")
+    if overwrite:
+        return
+    if kind is not None:
+        raise RunFolderError(f"{out} already holds a comparison (results.json): choose another --out, "
+                             "or pass --overwrite to replace its report files and packnet/ run")
+    if run_folder_state(out / "packnet") != "new":     # killed mid-way: compare cannot continue it
+        raise RunFolderError(f"{out} holds a comparison that stopped before it finished ({out / 'packnet'} "
+                             "holds its PackNet run, results.json is missing); `compare` has no --resume: "
+                             "pass --overwrite to run the comparison again, or choose another --out")
 
 
 def write_report(results: dict, out: Path) -> None:
@@ -271,7 +355,8 @@ def comparison_figures(results: dict, out: Path) -> list:
 def compare_cli(args, cfg: Config) -> int:
     t0 = time.time()
     try:
-        compare(cfg, args.out, args.methods, parse_sweep(args.sweep), overwrite=getattr(args, "overwrite", False))
+        sweep = None if args.sweep is None else parse_sweep(args.sweep)
+        compare(cfg, args.out, args.methods, sweep, overwrite=getattr(args, "overwrite", False))
     except RunFolderError as err:
         raise SystemExit(f"error: {err}") from None
     print((Path(args.out) / "report.md").read_text())

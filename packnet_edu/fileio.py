@@ -16,6 +16,7 @@ This module imports nothing from the package: every writer can use it.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -52,9 +53,10 @@ def atomic_write(path: PathLike, data: Union[bytes, str, Callable]) -> Path:
     except OSError as err:
         raise WriteError(err.errno, f"cannot create the folder {path.parent} ({_why(path.parent, err)}): "
                                     "choose a writable location") from None
-    tmp = _tmp_name(path)
+    tmp, created = _tmp_name(path), False
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        created = True
         with os.fdopen(fd, "wb") as f:
             if callable(data):
                 data(f)
@@ -64,7 +66,12 @@ def atomic_write(path: PathLike, data: Union[bytes, str, Callable]) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as err:
-        tmp.unlink(missing_ok=True)
+        # Only a file this call created, and quietly: on a read-only disk even
+        # unlinking a missing file fails (EROFS), which would hide the real
+        # error behind the temporary file's name.
+        if created:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
         if isinstance(err, OSError) and not isinstance(err, WriteError):
             raise _write_error(path, err) from None
         if isinstance(err, RuntimeError) and "unexpected pos" in str(err):

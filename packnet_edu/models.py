@@ -9,9 +9,10 @@
 """
 from __future__ import annotations
 
+import pickle
 from collections import OrderedDict
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 from torch import nn
@@ -75,12 +76,11 @@ def _torchvision_net(name: str, weights: Union[None, str, Path]) -> nn.Module:
         if not path.is_file():
             raise FileNotFoundError(f"{title} weights file {path} not found: pass a state dict saved "
                                     f"with torch.save(torchvision.models.{builder}(...).state_dict(), path)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        try:
-            net.load_state_dict(state)
-        except (RuntimeError, AttributeError) as err:
+        try:   # a pickled whole model (weights_only refuses it), another network's or no state dict
+            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except (RuntimeError, AttributeError, TypeError, pickle.UnpicklingError) as err:
             raise ValueError(f"{path} is not a torchvision {title} state dict "
-                             f"({str(err).splitlines()[0]})") from None
+                             f"({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]})") from None
     return net
 
 

@@ -338,6 +338,9 @@ def check_weights(model: str, weights: Optional[str]) -> None:
             raise WeightsError(f"{title} weights file {weights} not found: {save}")
         if not zipfile.is_zipfile(weights):      # torch.save writes a zip archive: seconds, not after the data
             raise WeightsError(f"{weights} is not a file torch.save wrote (damaged or another format): {save}")
+        problem = state_dict_mismatch(weights, builder)
+        if problem:
+            raise WeightsError(f"{weights} is not a {title} state dict ({problem}): {save}")
         return
     cached = imagenet_weights_file(model)
     if cached.is_file():
@@ -350,11 +353,42 @@ def check_weights(model: str, weights: Optional[str]) -> None:
                            f"({type(err).__name__}): {save}, or copy that file to {cached}") from None
 
 
+def state_dict_mismatch(path: PathLike, builder: str) -> str:
+    """Why the file at `path` is not a state dict of torchvision's `builder`
+    network ("" if it is): it is read memory-mapped and compared, key by key and
+    shape by shape, with the network built on the meta device, so no weight
+    is read or allocated."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:   # a pickled whole model (weights_only refuses code), a zip of something else
+        return f"torch.load with weights_only=True fails: {type(err).__name__}"
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return f"it holds a {type(state).__name__}, not a dict of tensors"
+    from torchvision import models as tvm
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in getattr(tvm, builder)(weights=None).state_dict().items()}
+    missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    if missing or unexpected:
+        return ", ".join(f"{len(keys)} {what}, e.g. {keys[0]}" for keys, what in (
+            (missing, f"of its {len(want)} tensors missing"), (unexpected, "unknown tensors")) if keys)
+    shapes = [k for k in want if tuple(state[k].shape) != want[k]]
+    if shapes:
+        return f"{len(shapes)} tensors of another shape, e.g. {shapes[0]} {tuple(state[shapes[0]].shape)}, " \
+               f"not {want[shapes[0]]}"
+    return ""
+
+
 def check_inputs(names: Sequence[str], root: Optional[PathLike], model: str, weights: Optional[str]) -> None:
-    """Everything a run on image data reads, checked in seconds before any of
-    it is loaded: the starting weights, then each prepared dataset's classes.json."""
+    """Everything a run reads, checked in seconds before any of it is loaded:
+    that the model suits the data, the starting weights, then each prepared
+    dataset's classes.json (or, offline, the Fashion-MNIST folder the user named)."""
+    from .config import check_model_inputs
+    from .data import check_sources
+    check_model_inputs(model, root, weights)
     check_weights(model, weights)
-    if root is not None:
+    if root is None:
+        check_sources(names)
+    else:
         for name in names:
             read_meta(name, root)
 

@@ -160,6 +160,11 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path):
 
     again = cli("run", *TINY, "--out", str(out), "--resume", timeout=60)   # finished: nothing to resume
     assert again.returncode != 0 and "nothing to resume" in again.stderr
+    final = (out / "checkpoint.pt").read_bytes()
+    (out / "results.json").unlink()          # lost: rewritten from the final checkpoint (issue 15, item 11)
+    rewritten = cli("run", *TINY, "--out", str(out), "--resume", timeout=60)
+    assert rewritten.returncode == 0 and "rewritten from it (nothing trained)" in rewritten.stdout, rewritten.stderr
+    assert json.loads((out / "results.json").read_text()) == b and (out / "checkpoint.pt").read_bytes() == final
     other = cli("run", *TINY, "--epochs", "2", "--out", str(tmp_path / "full"), "--resume", timeout=60)
     assert other.returncode != 0
 

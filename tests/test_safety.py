@@ -112,7 +112,9 @@ def test_overwrite_killed_early_leaves_no_old_results(tmp_path, monkeypatch):
         ex.run_packnet_to(CFG, out, verbose=False)
 
 
-def test_killed_between_results_and_final_checkpoint_resume_finishes(tmp_path, fake_run, monkeypatch):
+def test_killed_while_writing_the_final_checkpoint_resume_finishes(tmp_path, fake_run, monkeypatch):
+    """The final checkpoint comes before results.json (the other order:
+    test_bad_inputs_round2's resume test)."""
     out = tmp_path / "run"
     real_save, saves = ck.save, []
 
@@ -125,7 +127,7 @@ def test_killed_between_results_and_final_checkpoint_resume_finishes(tmp_path, f
     with pytest.raises(KeyboardInterrupt):
         ex.run_packnet_to(CFG, out, verbose=False)
     monkeypatch.setattr(ck, "save", real_save)
-    assert saves == [1, 2] and (out / "results.json").exists()
+    assert saves == [1, 2] and not (out / "results.json").exists()
     ex.run_packnet_to(CFG, out, resume=True, verbose=False)            # not "nothing to resume"
     assert fake_run.resumed_from["task"] == 2 and ck.load(out / "checkpoint.pt")["progress"] is None
 
@@ -289,7 +291,7 @@ def test_export_to_a_folder_is_refused(tmp_path):
     path = ck.save(ck.make_checkpoint(model, engine, {"model": "small_vgg", "width": 4}, ["a", "b"]),
                    tmp_path / "c.pt")
     (tmp_path / "dir").mkdir()
-    with pytest.raises(ValueError, match="is a folder: give a file name"):
+    with pytest.raises(ck.CheckpointError, match="is a folder: give a file name"):
         ck.export_task_file(path, 1, tmp_path / "dir")
     one_line_error(cli("export", str(path), "--task", "1", "--out", str(tmp_path / "dir")), "is a folder")
 

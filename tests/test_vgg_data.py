@@ -110,7 +110,7 @@ def test_splits_follow_the_annotation_files(prepared):
 
 def test_loaders_and_paper_transforms(prepared):
     _, root = prepared
-    tasks = load_tasks(Config(tasks=("cubs", "flowers"), data_root=str(root)))
+    tasks = load_tasks(Config(tasks=("cubs", "flowers"), data_root=str(root), model="vgg16"))
     assert [t.num_classes for t in tasks] == [200, 102]
     kinds = lambda tf: [type(s).__name__ for s in tf.transforms]
     # the default path: uint8 tensors through v2 transforms (normalised later, on the device)
