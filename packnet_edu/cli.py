@@ -12,6 +12,7 @@ from typing import List, Optional
 
 from . import config
 from .config import Config, add_config_flags
+from .distributed import user_errors     # the one list of bad-input exceptions (torchrun uses it too)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -109,14 +110,6 @@ def cmd_export(args) -> int:
     print(f"wrote task {args.task} as a standalone model to {path} "
           f"(load with packnet_edu.checkpoint.load_exported)")
     return 0
-
-
-def user_errors() -> tuple:
-    """The exceptions that describe a wrong input, not a bug: shown as one line."""
-    from .checkpoint import CheckpointError
-    from .data import DataMissingError
-    from .engine import PackNetError
-    return (config.ConfigError, PackNetError, CheckpointError, DataMissingError)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
