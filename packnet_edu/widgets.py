@@ -14,6 +14,12 @@ redraw through the notebook's display machinery: the two heavy figures
 in place, the layout is solved once and then frozen, each figure is
 rendered straight to a fast-compressed retina PNG, and every value's PNG is
 kept, so going back to a value costs nothing.
+
+The image carries the state it shows: its tooltip (the `title` of the
+<img>) names each control's value as the control displays it, e.g.
+"prune ratio = 0.75; layer = conv2.weight". It travels with the PNG (both are
+kept per state and sent in one message), so tests/test_browser.py can check
+that the picture on screen is the one the controls ask for.
 """
 from __future__ import annotations
 
@@ -92,14 +98,32 @@ class _Prefetcher(threading.Thread):
                             pass
 
 
+def shown_value(control, value) -> str:
+    """`value` as `control` displays it: a selection's label, a slider's
+    readout, a checkbox as on/off."""
+    if hasattr(control, "_options_values"):          # Dropdown, SelectionSlider
+        return str(control._options_labels[list(control._options_values).index(value)])
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    fmt = getattr(control, "readout_format", "")
+    return format(value, fmt) if fmt else str(value)
+
+
+def state_label(controls, k: tuple) -> str:
+    """The state `k` (the controls' values, in their order) as the image's
+    tooltip names it: "description = shown value" per control, joined by "; "."""
+    return "; ".join(f"{c.description} = {shown_value(c, v)}" for c, v in zip(controls, k))
+
+
 def _view(controls, key: Callable[[], tuple], draw: Callable[[tuple], object], header,
           nearby: Optional[Callable[[tuple, Optional[tuple]], Sequence[tuple]]] = None, lock=None):
     """`header` above an Image showing draw(key())'s figure, redrawn whenever
-    one of `controls` changes; each key's PNG is kept, and the keys
-    `nearby(key, previous key)` lists (one move away, nearest first) are rendered ahead
-    while the kernel is idle. `lock` (an RLock) serialises the renders with
-    anything else that draws the same figure. Returns the VBox (CSS class
-    VIEW_CLASS)."""
+    one of `controls` changes; key() is the controls' values, in the order
+    of `controls`. Each key's PNG is kept, with the tooltip naming its state
+    (`state_label`), and the keys `nearby(key, previous key)` lists (one move
+    away, nearest first) are rendered ahead while the kernel is idle. `lock`
+    (an RLock) serialises the renders with anything else that draws the same
+    figure. Returns the VBox (CSS class VIEW_CLASS)."""
     import ipywidgets as W
     pngs: Dict[tuple, tuple] = {}
     lock = lock or threading.RLock()
@@ -107,7 +131,8 @@ def _view(controls, key: Callable[[], tuple], draw: Callable[[tuple], object], h
 
     def render(k: tuple) -> tuple:
         fig = draw(k)
-        return render_png(fig), str(int(round(fig.get_figwidth() * fig.dpi)))   # CSS px: shown 1:1
+        width = str(int(round(fig.get_figwidth() * fig.dpi)))       # CSS px: shown 1:1
+        return render_png(fig), width, state_label(controls, k)
 
     prefetch = _Prefetcher(pngs, lock, render, nearby) if nearby else None
 
@@ -116,7 +141,8 @@ def _view(controls, key: Callable[[], tuple], draw: Callable[[tuple], object], h
         with lock:
             if k not in pngs:
                 pngs[k] = render(k)
-        image.value, image.width = pngs[k]      # widget traits: set from the kernel's thread only
+        with image.hold_sync():                 # one message: the picture and its label arrive together
+            image.value, image.width, image.tooltip = pngs[k]   # widget traits: set from the kernel's thread only
         if prefetch:
             prefetch.moved(k)
     redraw()
@@ -211,7 +237,7 @@ def pruning_explorer(state: PruningState):
         last = prev[1] if prev and prev[0] == k[0] else None
         return ([(k[0], r) for r in _by_distance(state.ratios, k[1], last)]
                 + [(name, k[1]) for name in _by_distance(layers, k[0])])
-    return _view([slider, layer], lambda: (layer.value, slider.value), draw, W.HBox([slider, layer]), nearby)
+    return _view([layer, slider], lambda: (layer.value, slider.value), draw, W.HBox([slider, layer]), nearby)
 
 
 # ------------------------------------------------------------ notebook 4: capacity plan
