@@ -170,7 +170,7 @@ ARM = """(i) => {
       try { await img.decode(); } catch (e) {}
       requestAnimationFrame(() => requestAnimationFrame(() => {
         kinds.forEach(k => view.removeEventListener(k, first, true));
-        resolve({ms: performance.now() - t0, src: img.src});
+        resolve({ms: t0 === null ? null : performance.now() - t0, src: img.src});
       }));
     });
     obs.observe(img, {attributes: true, attributeFilter: ['src']});
@@ -178,8 +178,40 @@ ARM = """(i) => {
 }"""
 
 
+# What view i shows, read from the page: the image's tooltip (the state its PNG
+# was drawn for, set by packnet_edu.widgets) and each control's description and
+# value as the control displays it (a dropdown's option, a slider's readout, a
+# checkbox as on/off), in the tooltip's words: "description = value".
+SHOWN = """(i) => {
+  const clean = s => (s || '').replace(/[\\u200b\\s]+/g, ' ').trim();
+  const view = document.querySelectorAll('.packnet-view')[i];
+  const controls = Array.from(view.querySelectorAll('input[type=checkbox], select, .noUi-handle')).map(e => {
+    const box = e.closest('.widget-inline-hbox');
+    const described = box.querySelector('.widget-label');
+    if (e.tagName === 'SELECT') return [clean(described.textContent), clean(e.options[e.selectedIndex].text)];
+    if (e.type === 'checkbox') {
+      const text = clean(described.textContent) || clean(e.closest('label').textContent);
+      return [text, e.checked ? 'on' : 'off'];
+    }
+    return [clean(described.textContent), clean(box.querySelector('.widget-readout').textContent)];
+  });
+  return {title: view.querySelector('img').getAttribute('title'), controls: controls};
+}"""
+MOVED = "data-packnet-moved"        # set on every control a test has moved
+
+
 def views(page):
     return page.locator(".packnet-view")
+
+
+def shown(page, view_index: int) -> dict:
+    """{"title": the image's tooltip, "controls": [[description, shown value], ...]} of view `view_index`."""
+    return page.evaluate(SHOWN, view_index)
+
+
+def parse_state(title: str) -> dict:
+    """The tooltip "a = 1; b = x" as {"a": "1", "b": "x"}."""
+    return dict(part.rsplit(" = ", 1) for part in (title or "").split("; ") if " = " in part)
 
 
 def controls(view):
@@ -216,6 +248,7 @@ def timed_move(page, view_index: int, control) -> dict:
     {"ms": input event to new image painted, "src": the new image, "move": ...}."""
     page.evaluate(ARM, view_index)
     what = move(control)
+    control.evaluate(f"e => e.setAttribute('{MOVED}', '1')")
     out = page.evaluate("window.__move")
     out["move"] = what
     return out
