@@ -22,6 +22,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from packnet_edu.widgets import STATE_KEY
+
 CHROMIUM = os.environ.get("PACKNET_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -178,11 +180,12 @@ ARM = """(i) => {
 }"""
 
 
-# What view i shows, read from the page: the image's tooltip (the state its PNG
-# was drawn for, set by packnet_edu.widgets) and each control's description and
-# value as the control displays it (a dropdown's option, a slider's readout, a
-# checkbox as on/off), in the tooltip's words: "description = value".
-SHOWN = """(i) => {
+# What view i shows, read from the page: the state its image was drawn for (the
+# PNG's text chunk packnet_edu.widgets.STATE_KEY, read from the very image on
+# screen) and each control's description and value as the control displays it
+# (a dropdown's option, a slider's readout, a checkbox as on/off), in the
+# state's words: "description = value".
+SHOWN = """async (i) => {
   const clean = s => (s || '').replace(/[\\u200b\\s]+/g, ' ').trim();
   const view = document.querySelectorAll('.packnet-view')[i];
   const controls = Array.from(view.querySelectorAll('input[type=checkbox], select, .noUi-handle')).map(e => {
@@ -195,8 +198,20 @@ SHOWN = """(i) => {
     }
     return [clean(described.textContent), clean(box.querySelector('.widget-readout').textContent)];
   });
-  return {title: view.querySelector('img').getAttribute('title'), controls: controls};
-}"""
+  const bytes = new Uint8Array(await (await fetch(view.querySelector('img').src)).arrayBuffer());
+  const data = new DataView(bytes.buffer);
+  let state = null;
+  for (let at = 8; at + 8 <= bytes.length; ) {           // PNG chunks: length, type, data, CRC
+    const length = data.getUint32(at), type = String.fromCharCode(...bytes.slice(at + 4, at + 8));
+    if (type === 'tEXt') {
+      const [key, value] = new TextDecoder('latin1').decode(bytes.slice(at + 8, at + 8 + length)).split('\\0');
+      if (key === '%s') state = value;
+    }
+    if (type === 'IEND') break;
+    at += 12 + length;
+  }
+  return {state: state, controls: controls};
+}""" % STATE_KEY
 MOVED = "data-packnet-moved"        # set on every control a test has moved
 
 
@@ -205,13 +220,13 @@ def views(page):
 
 
 def shown(page, view_index: int) -> dict:
-    """{"title": the image's tooltip, "controls": [[description, shown value], ...]} of view `view_index`."""
+    """{"state": the state its image names, "controls": [[description, shown value], ...]} of view `view_index`."""
     return page.evaluate(SHOWN, view_index)
 
 
-def parse_state(title: str) -> dict:
-    """The tooltip "a = 1; b = x" as {"a": "1", "b": "x"}."""
-    return dict(part.rsplit(" = ", 1) for part in (title or "").split("; ") if " = " in part)
+def parse_state(state: str) -> dict:
+    """The state "a = 1; b = x" as {"a": "1", "b": "x"}."""
+    return dict(part.rsplit(" = ", 1) for part in (state or "").split("; ") if " = " in part)
 
 
 def controls(view):
