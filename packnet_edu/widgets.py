@@ -72,7 +72,7 @@ def render_png(fig, state: str = "") -> bytes:
     return buf.getvalue()
 
 
-def png_state(data) -> Optional[str]:
+def png_state(data) -> str | None:
     """The state a view's PNG was drawn for (render_png's `state`), or None."""
     from PIL import Image
     with Image.open(io.BytesIO(bytes(data))) as im:

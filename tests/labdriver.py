@@ -205,13 +205,13 @@ SHOWN = """async (i) => {
     const length = data.getUint32(at), type = String.fromCharCode(...bytes.slice(at + 4, at + 8));
     if (type === 'tEXt') {
       const [key, value] = new TextDecoder('latin1').decode(bytes.slice(at + 8, at + 8 + length)).split('\\0');
-      if (key === '%s') state = value;
+      if (key === 'STATE_KEY') state = value;
     }
     if (type === 'IEND') break;
     at += 12 + length;
   }
   return {state: state, controls: controls};
-}""" % STATE_KEY
+}""".replace("STATE_KEY", STATE_KEY)
 MOVED = "data-packnet-moved"        # set on every control a test has moved
 
 
