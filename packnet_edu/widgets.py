@@ -14,6 +14,15 @@ redraw through the notebook's display machinery: the two heavy figures
 in place, the layout is solved once and then frozen, each figure is
 rendered straight to a fast-compressed retina PNG, and every value's PNG is
 kept, so going back to a value costs nothing.
+
+The image carries the state it shows: each PNG holds a text chunk
+(STATE_KEY) naming each control's value as the control displays it, e.g.
+"layer = conv2.weight; prune ratio = 0.75", written when the figure is
+rendered for that state. It cannot arrive apart from the picture, so
+tests/test_browser.py reads it from the image on screen and checks it
+against the controls. (ipywidgets' tooltip would do, but an Image with a
+tooltip fails to render in JupyterLab: its view reads a `description` that
+Image does not have.)
 """
 from __future__ import annotations
 
@@ -29,18 +38,21 @@ import torch
 from . import plots
 
 VIEW_CLASS = "packnet-view"     # the CSS class of every view (the browser test finds them by it)
+STATE_KEY = "packnet-state"     # the PNG text chunk naming the state a view's image shows
 
 
 # ------------------------------------------------------------ rendering
-def render_png(fig) -> bytes:
+def render_png(fig, state: str = "") -> bytes:
     """`fig` as a retina PNG (twice its dpi), fast: one draw on an Agg
     canvas, zlib level 1 (a third of the default's time, the file a little
     larger). The layout is solved in this draw if the figure has a layout
     engine, then frozen (later draws skip it; a view that needs a new layout,
     e.g. PruningPanel on a new layer, switches it back on). The figure keeps
-    its own dpi for normal display."""
+    its own dpi for normal display. `state`, if given, is stored in the PNG
+    as text (STATE_KEY; `png_state` reads it back)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
     dpi = fig.dpi
     fig.set_dpi(2 * dpi)
@@ -51,9 +63,20 @@ def render_png(fig) -> bytes:
     finally:
         fig.set_dpi(dpi)
         fig.set_layout_engine("none")         # positions stay as solved
+    info = PngInfo()
+    if state:
+        info.add_text(STATE_KEY, state)
     buf = io.BytesIO()
-    Image.frombuffer("RGBA", size, rgba, "raw", "RGBA", 0, 1).convert("RGB").save(buf, "png", compress_level=1)
+    Image.frombuffer("RGBA", size, rgba, "raw", "RGBA", 0, 1).convert("RGB").save(buf, "png", compress_level=1,
+                                                                                   pnginfo=info)
     return buf.getvalue()
+
+
+def png_state(data) -> str | None:
+    """The state a view's PNG was drawn for (render_png's `state`), or None."""
+    from PIL import Image
+    with Image.open(io.BytesIO(bytes(data))) as im:
+        return im.text.get(STATE_KEY)
 
 
 class _Prefetcher(threading.Thread):
@@ -92,14 +115,32 @@ class _Prefetcher(threading.Thread):
                             pass
 
 
+def shown_value(control, value) -> str:
+    """`value` as `control` displays it: a selection's label, a slider's
+    readout, a checkbox as on/off."""
+    if hasattr(control, "_options_values"):          # Dropdown, SelectionSlider
+        return str(control._options_labels[list(control._options_values).index(value)])
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    fmt = getattr(control, "readout_format", "")
+    return format(value, fmt) if fmt else str(value)
+
+
+def state_label(controls, k: tuple) -> str:
+    """The state `k` (the controls' values, in their order) as the view's PNG
+    names it: "description = shown value" per control, joined by "; "."""
+    return "; ".join(f"{c.description} = {shown_value(c, v)}" for c, v in zip(controls, k))
+
+
 def _view(controls, key: Callable[[], tuple], draw: Callable[[tuple], object], header,
           nearby: Optional[Callable[[tuple, Optional[tuple]], Sequence[tuple]]] = None, lock=None):
     """`header` above an Image showing draw(key())'s figure, redrawn whenever
-    one of `controls` changes; each key's PNG is kept, and the keys
-    `nearby(key, previous key)` lists (one move away, nearest first) are rendered ahead
-    while the kernel is idle. `lock` (an RLock) serialises the renders with
-    anything else that draws the same figure. Returns the VBox (CSS class
-    VIEW_CLASS)."""
+    one of `controls` changes; key() is the controls' values, in the order
+    of `controls`. Each key's PNG is kept, naming its state inside
+    (`state_label`, `png_state`), and the keys `nearby(key, previous key)` lists (one move
+    away, nearest first) are rendered ahead while the kernel is idle. `lock`
+    (an RLock) serialises the renders with anything else that draws the same
+    figure. Returns the VBox (CSS class VIEW_CLASS)."""
     import ipywidgets as W
     pngs: Dict[tuple, tuple] = {}
     lock = lock or threading.RLock()
@@ -107,7 +148,8 @@ def _view(controls, key: Callable[[], tuple], draw: Callable[[tuple], object], h
 
     def render(k: tuple) -> tuple:
         fig = draw(k)
-        return render_png(fig), str(int(round(fig.get_figwidth() * fig.dpi)))   # CSS px: shown 1:1
+        width = str(int(round(fig.get_figwidth() * fig.dpi)))       # CSS px: shown 1:1
+        return render_png(fig, state_label(controls, k)), width
 
     prefetch = _Prefetcher(pngs, lock, render, nearby) if nearby else None
 
@@ -116,7 +158,8 @@ def _view(controls, key: Callable[[], tuple], draw: Callable[[tuple], object], h
         with lock:
             if k not in pngs:
                 pngs[k] = render(k)
-        image.value, image.width = pngs[k]      # widget traits: set from the kernel's thread only
+        with image.hold_sync():                 # one message: the picture and its width
+            image.value, image.width = pngs[k]  # widget traits: set from the kernel's thread only
         if prefetch:
             prefetch.moved(k)
     redraw()
@@ -211,7 +254,7 @@ def pruning_explorer(state: PruningState):
         last = prev[1] if prev and prev[0] == k[0] else None
         return ([(k[0], r) for r in _by_distance(state.ratios, k[1], last)]
                 + [(name, k[1]) for name in _by_distance(layers, k[0])])
-    return _view([slider, layer], lambda: (layer.value, slider.value), draw, W.HBox([slider, layer]), nearby)
+    return _view([layer, slider], lambda: (layer.value, slider.value), draw, W.HBox([slider, layer]), nearby)
 
 
 # ------------------------------------------------------------ notebook 4: capacity plan

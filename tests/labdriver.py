@@ -22,6 +22,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from packnet_edu.widgets import STATE_KEY
+
 CHROMIUM = os.environ.get("PACKNET_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -170,7 +172,7 @@ ARM = """(i) => {
       try { await img.decode(); } catch (e) {}
       requestAnimationFrame(() => requestAnimationFrame(() => {
         kinds.forEach(k => view.removeEventListener(k, first, true));
-        resolve({ms: performance.now() - t0, src: img.src});
+        resolve({ms: t0 === null ? null : performance.now() - t0, src: img.src});
       }));
     });
     obs.observe(img, {attributes: true, attributeFilter: ['src']});
@@ -178,8 +180,53 @@ ARM = """(i) => {
 }"""
 
 
+# What view i shows, read from the page: the state its image was drawn for (the
+# PNG's text chunk packnet_edu.widgets.STATE_KEY, read from the very image on
+# screen) and each control's description and value as the control displays it
+# (a dropdown's option, a slider's readout, a checkbox as on/off), in the
+# state's words: "description = value".
+SHOWN = """async (i) => {
+  const clean = s => (s || '').replace(/[\\u200b\\s]+/g, ' ').trim();
+  const view = document.querySelectorAll('.packnet-view')[i];
+  const controls = Array.from(view.querySelectorAll('input[type=checkbox], select, .noUi-handle')).map(e => {
+    const box = e.closest('.widget-inline-hbox');
+    const described = box.querySelector('.widget-label');
+    if (e.tagName === 'SELECT') return [clean(described.textContent), clean(e.options[e.selectedIndex].text)];
+    if (e.type === 'checkbox') {
+      const text = clean(described.textContent) || clean(e.closest('label').textContent);
+      return [text, e.checked ? 'on' : 'off'];
+    }
+    return [clean(described.textContent), clean(box.querySelector('.widget-readout').textContent)];
+  });
+  const bytes = new Uint8Array(await (await fetch(view.querySelector('img').src)).arrayBuffer());
+  const data = new DataView(bytes.buffer);
+  let state = null;
+  for (let at = 8; at + 8 <= bytes.length; ) {           // PNG chunks: length, type, data, CRC
+    const length = data.getUint32(at), type = String.fromCharCode(...bytes.slice(at + 4, at + 8));
+    if (type === 'tEXt') {
+      const [key, value] = new TextDecoder('latin1').decode(bytes.slice(at + 8, at + 8 + length)).split('\\0');
+      if (key === 'STATE_KEY') state = value;
+    }
+    if (type === 'IEND') break;
+    at += 12 + length;
+  }
+  return {state: state, controls: controls};
+}""".replace("STATE_KEY", STATE_KEY)
+MOVED = "data-packnet-moved"        # set on every control a test has moved
+
+
 def views(page):
     return page.locator(".packnet-view")
+
+
+def shown(page, view_index: int) -> dict:
+    """{"state": the state its image names, "controls": [[description, shown value], ...]} of view `view_index`."""
+    return page.evaluate(SHOWN, view_index)
+
+
+def parse_state(state: str) -> dict:
+    """The state "a = 1; b = x" as {"a": "1", "b": "x"}."""
+    return dict(part.rsplit(" = ", 1) for part in (state or "").split("; ") if " = " in part)
 
 
 def controls(view):
@@ -216,6 +263,7 @@ def timed_move(page, view_index: int, control) -> dict:
     {"ms": input event to new image painted, "src": the new image, "move": ...}."""
     page.evaluate(ARM, view_index)
     what = move(control)
+    control.evaluate(f"e => e.setAttribute('{MOVED}', '1')")
     out = page.evaluate("window.__move")
     out["move"] = what
     return out

@@ -97,6 +97,30 @@ def test_runs_in_fast_mode(path, monkeypatch):
     assert not errors
 
 
+def prose(name: str) -> str:
+    """All markdown of notebook `name`, whitespace collapsed."""
+    return " ".join(" ".join(markdown(FOLDER / f"{name}.ipynb")).split())
+
+
+def test_the_paper_numbers_the_notebooks_quote():
+    """Notebooks 4 and 7 quote the paper's Table 2 and its capacity arithmetic;
+    these are constants, so they are checked here, against the library's copy of
+    the table and its schedule, and not in a notebook cell."""
+    from packnet_edu import checkpoint
+    from packnet_edu.plots import planned_shares
+    from packnet_edu.report import PAPER_VGG16 as paper
+    from packnet_edu.train import prune_schedule
+    gap = [p - i for p, i in zip(paper["packnet"], paper["individual"])]
+    quoted = f"{min(gap):.1f} to {max(gap):.1f} points above one network per task"
+    for name in ("04_packnet", "07_vgg16_paper"):
+        assert quoted in prose(name), f"{name} should say '{quoted}'"
+    ratios = prune_schedule("paper", 4)
+    assert " / ".join(f"{r:g}" for r in ratios) + ":" in prose("07_vgg16_paper")          # 0.5 / 0.75 / 0.75 / 0
+    shares = ", ".join(f"{100 * s:g}%" for s in planned_shares(ratios)[:-1])          # 50%, 12.5%, 9.375%, 28.125%
+    assert f"({shares})" in prose("07_vgg16_paper")
+    assert f"an owner map of {checkpoint.bits_for(4)} bits per weight for four tasks" in prose("07_vgg16_paper")
+
+
 def load_make_slides():
     import importlib.util
     spec = importlib.util.spec_from_file_location("make_slides", FOLDER.parent / "scripts" / "make_slides.py")

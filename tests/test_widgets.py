@@ -58,15 +58,23 @@ def test_pruning_explorer_slider_is_the_curve_grid():
     assert [v for _, v in slider.options] == [p["ratio"] for p in CURVE]
     first = image.value
     assert first[:4] == b"\x89PNG"
+    assert widgets.png_state(image.value) == "layer = conv2.weight; prune ratio = 0.50"
     slider.value = 0.75
     assert image.value != first
+    assert widgets.png_state(image.value) == "layer = conv2.weight; prune ratio = 0.75"
     at_75 = image.value
     dropdown.value = "conv1.weight"
     assert state.layer == "conv1.weight" and image.value != at_75
+    assert widgets.png_state(image.value) == "layer = conv1.weight; prune ratio = 0.75"
     dropdown.value = "conv2.weight"                # back: the kept PNG, identical
-    assert image.value == at_75
-    same = widgets.render_png(widgets.on_ratio_change(widgets.pruning_state(small_vgg([10]), CURVE), 0.75, "conv2.weight"))
-    assert len(same) > 0 and state.layer == "conv2.weight"
+    assert image.value == at_75 and state.layer == "conv2.weight"
+    # the view shows what the callback draws for that state: the same weights, a
+    # fresh figure, drawn in the same order (the layout is solved on a layer's first draw)
+    fresh = widgets.PruningState(state.weights, CURVE)
+    widgets.render_png(widgets.on_ratio_change(fresh, 0.5, "conv2.weight"))
+    same = widgets.render_png(widgets.on_ratio_change(fresh, 0.75, "conv2.weight"),
+                              state="layer = conv2.weight; prune ratio = 0.75")
+    assert same == at_75
 
 
 def test_views_draw_ahead_what_one_move_reaches():
@@ -105,8 +113,10 @@ def test_on_schedule_change():
     image = box.children[1]
     before = image.value
     slider = box.children[0].children[0].children[0]       # header VBox > first row > task 1's slider
+    assert widgets.png_state(image.value) == "1: a = 0.50; 2: b = 0.75; 3: c = 0.75; 4: d = 0.00"
     slider.value = 0.3
     assert slider.description == "1: a" and image.value != before
+    assert widgets.png_state(image.value) == "1: a = 0.30; 2: b = 0.75; 3: c = 0.75; 4: d = 0.00"
 
 
 def snapshots():
@@ -124,10 +134,11 @@ def test_on_filter_change_and_default_filter():
     box = widgets.filter_explorer(snaps, ["a", "b", "c"], filter_index=0)
     pick, image = box.children
     before = image.value
+    assert widgets.png_state(image.value) == "filter = 0"
     pick.value = 3
-    assert image.value != before
+    assert image.value != before and widgets.png_state(image.value) == "filter = 3"
     pick.value = 0
-    assert image.value == before
+    assert image.value == before and widgets.png_state(image.value) == "filter = 0"
 
 
 def test_on_layer_change():
@@ -139,11 +150,13 @@ def test_on_layer_change():
     box = widgets.mask_explorer(maps, ["a", "b", "c"])
     image = box.children[1]
     seen = {image.value}
+    assert widgets.png_state(image.value) == "layer = conv1.weight; sort filters by share = on"
     box.children[0].children[0].value = "conv2.weight"
     seen.add(image.value)
     box.children[0].children[1].value = False
     seen.add(image.value)
     assert len(seen) == 3
+    assert widgets.png_state(image.value) == "layer = conv2.weight; sort filters by share = off"
 
 
 def test_drawing_ahead_follows_the_direction_of_travel():
