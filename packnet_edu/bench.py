@@ -32,7 +32,6 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -142,10 +141,10 @@ def ci95(values) -> float:
 
 
 def bench_step(model_name: str = "small_vgg", device: str = "cpu", batch_size: int = PRESET_BATCH,
-               image_size: Optional[int] = None, steps: int = 10, trials: int = 7,
+               image_size: int | None = None, steps: int = 10, trials: int = 7,
                amp: bool = False, channels_last: bool = False,
                weight_decay: float = PRESET_WEIGHT_DECAY, optimizer: str = "sgd",
-               until_ci: Optional[float] = None, max_seconds: Optional[float] = None) -> Dict:
+               until_ci: float | None = None, max_seconds: float | None = None) -> dict:
     """Protected against plain training steps, `trials` interleaved pairs of
     `steps` steps each (on CUDA timed with CUDA events). With `until_ci`, pairs
     are added until the 95% confidence interval of the protected/plain ratio
@@ -231,7 +230,7 @@ def bench_step(model_name: str = "small_vgg", device: str = "cpu", batch_size: i
     }
 
 
-def print_result(r: Dict) -> None:
+def print_result(r: dict) -> None:
     print(f"{r['model']} on {r['device']} ({r['device_name']}), torch {r['torch']}, batch {r['batch_size']}, "
           f"{r['image_size']}x{r['image_size']}, bf16 {r['amp_bf16']}, channels_last {r['channels_last']}, "
           f"{r['optimizer']} weight decay {r['weight_decay']}")
@@ -249,13 +248,13 @@ def print_result(r: Dict) -> None:
           f"{r['task1_weights_exact_after_protected_step']}, outputs {r['task1_outputs_exact_after_protected_steps']}")
 
 
-def protection_cost(model_name: str = "vgg16", plain_step_ms: Optional[float] = None,
-                    bandwidth: float = 3e12) -> Dict:
+def protection_cost(model_name: str = "vgg16", plain_step_ms: float | None = None,
+                    bandwidth: float = 3e12) -> dict:
     """Bytes the protection moves per step in each mode for `model_name` in
     the benchmark's state (task 2 training, task 1 frozen), without running a
     step; with `plain_step_ms`, the protected/plain ratio that traffic implies
     at `bandwidth` bytes/s (an estimate: kernel launches and caches ignored)."""
-    model, engine, opts, handle = setup(model_name, "cpu", False)
+    _model, engine, _opts, handle = setup(model_name, "cpu", False)
     out = {"model": model_name, "packed_weights": sum(w.numel() for w in engine.weights.values()),
            "bandwidth_bytes_per_s": bandwidth}
     for mode in ("mask", "restore"):
@@ -275,6 +274,7 @@ def make_jpegs(root: Path, n: int, classes: int = 4, size=(500, 375), seed: int 
     photos (noise alone would make files, and decoding, several times slower).
     Only `unique` are encoded; the rest are copies (decoding costs the same)."""
     import shutil
+
     import numpy as np
     from PIL import Image
     rng = np.random.default_rng(seed)
@@ -327,8 +327,8 @@ def _loader(folder: Path, decode: str, batch_size: int, workers: int, device: st
     return vgg_data.image_loader(ds, batch_size, shuffle=True, workers=workers, device=device)
 
 
-def bench_loader(folder: Path, decode: str = "cpu", workers: Optional[int] = None, batch_size: int = PRESET_BATCH,
-                 device: str = "cpu", image_size: int = 224, epochs: int = 2) -> Dict:
+def bench_loader(folder: Path, decode: str = "cpu", workers: int | None = None, batch_size: int = PRESET_BATCH,
+                 device: str = "cpu", image_size: int = 224, epochs: int = 2) -> dict:
     """Images/s of the training loader (decode path `decode`) over the images
     in `folder`, from the first batch on (_SteadyClock); the first epoch warms
     up (file cache). Batches are moved to `device` and normalised, as training does."""
@@ -351,7 +351,7 @@ def bench_loader(folder: Path, decode: str = "cpu", workers: Optional[int] = Non
             "images_per_s_per_worker": ips / max(n_workers, 1)}
 
 
-def bench_per_worker(folder: Path, decodes=("pil", "cpu"), trials: int = 4, image_size: int = 224) -> Dict:
+def bench_per_worker(folder: Path, decodes=("pil", "cpu"), trials: int = 4, image_size: int = 224) -> dict:
     """What one loader worker does per image (read, decode, training
     transforms; the "cpu" path's normalisation included, though training does
     it on the device), timed in this process on one thread, the decode paths
@@ -379,8 +379,8 @@ def bench_per_worker(folder: Path, decodes=("pil", "cpu"), trials: int = 4, imag
 
 
 def bench_loop(folder: Path, model_name: str = "vgg16", device: str = "cuda", decode: str = "cpu",
-               workers: Optional[int] = None, batch_size: int = PRESET_BATCH, image_size: int = 224,
-               amp: bool = True, channels_last: bool = True, epochs: int = 2, protect: bool = True) -> Dict:
+               workers: int | None = None, batch_size: int = PRESET_BATCH, image_size: int = 224,
+               amp: bool = True, channels_last: bool = True, epochs: int = 2, protect: bool = True) -> dict:
     """Images/s of `train.train_one_epoch` (SGD, the preset's optimizer;
     protected, or plain with `protect=False`) fed by the training loader over
     `folder`: the data path and the step together. The first epoch warms up;
@@ -390,7 +390,7 @@ def bench_loop(folder: Path, model_name: str = "vgg16", device: str = "cuda", de
     _check_cuda(device)
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
-    model, engine, opts, handle = setup(model_name, device, channels_last)
+    model, _engine, opts, handle = setup(model_name, device, channels_last)
     sync = _sync(device)
     n_workers = resolve_workers(workers)
     rates = []
@@ -408,7 +408,7 @@ def bench_loop(folder: Path, model_name: str = "vgg16", device: str = "cuda", de
             "images_per_s": statistics.median(rates[1:] or rates)}   # the first epoch warms up (autotuning)
 
 
-def decode_check(folder: Path, device: str, images: int = 32, rounds: int = 4, tolerance: float = 2.0) -> Dict:
+def decode_check(folder: Path, device: str, images: int = 32, rounds: int = 4, tolerance: float = 2.0) -> dict:
     """Does the GPU decode path (vgg_data.GpuDecode: nvJPEG through
     torchvision's decode_jpeg) give what the CPU decoder (libjpeg, read_rgb)
     gives, while the GPU is busy? Each round queues a long computation, then
@@ -453,7 +453,9 @@ def _rank_main(rank: int, world: int, store: str, config: str, out: str) -> None
     checksums of every task's outputs on a fixed batch and of the BatchNorm
     buffers, gathered on rank 0."""
     import functools
+
     import torch.distributed as dist
+
     from . import distributed
     from .config import Config
     from .fileio import atomic_write
@@ -482,11 +484,12 @@ def _rank_main(rank: int, world: int, store: str, config: str, out: str) -> None
 
 
 def distributed_check(work: Path, device: str = "cpu", max_train: int = 256, epochs: int = 1,
-                      timeout: float = 600, tasks=("digits", "animals")) -> Dict:
+                      timeout: float = 600, tasks=("digits", "animals")) -> dict:
     """Figure (e): two ranks (gloo, on one device) train PackNet on `tasks` with
     a BatchNorm trunk (replicas.tiny_vgg16, batch_norm=True); are every task's
     outputs, the BatchNorm buffers and the weights identical on both ranks?"""
     import torch.multiprocessing as mp
+
     from .config import Config
     work.mkdir(parents=True, exist_ok=True)
     cfg = Config(tasks=tasks, model="vgg16_bn", device=device, epochs=epochs, retrain_epochs=1,
@@ -503,8 +506,9 @@ def distributed_check(work: Path, device: str = "cpu", max_train: int = 256, epo
     ranks = json.loads(out.read_text())
     same = {k: len({json.dumps(r[k]) for r in ranks}) == 1 for k in ("task_outputs", "batchnorm_buffers", "weights")}
     return {"part": "distributed_check", "device": device, "backend": "gloo", "ranks": len(ranks),
-            "model": "tiny_vgg16 (batch_norm=True)", "tasks": list(tasks), "max_train": max_train, "ranks_detail": ranks,
-            "identical_across_ranks": same, "outputs_identical_within_each_rank": [all(r["outputs_identical"]) for r in ranks],
+            "model": "tiny_vgg16 (batch_norm=True)", "tasks": list(tasks), "max_train": max_train,
+            "ranks_detail": ranks, "identical_across_ranks": same,
+            "outputs_identical_within_each_rank": [all(r["outputs_identical"]) for r in ranks],
             "old_task_outputs_identical_on_both_ranks": same["task_outputs"] and all(
                 all(r["outputs_identical"]) for r in ranks)}
 
@@ -539,8 +543,8 @@ def _probe_stage(stage: int, out: str, config: str) -> None:
 
 
 def probe_check(out: Path, device: str = "cpu", model: str = "small_vgg", amp: bool = False,
-                channels_last: bool = False, max_train: Optional[int] = 256, timeout: float = 600,
-                tasks=("digits", "animals")) -> Dict:
+                channels_last: bool = False, max_train: int | None = 256, timeout: float = 600,
+                tasks=("digits", "animals")) -> dict:
     """Are old tasks' probe logits bit-identical when computed in another
     process? Two offline tasks (`tasks`: quick to load); process 1 trains and freezes
     task 1 (its checkpoint holds task 1's probe), process 2 resumes, trains
@@ -549,6 +553,7 @@ def probe_check(out: Path, device: str = "cpu", model: str = "small_vgg", amp: b
     kernels (train.deterministic_kernels), so equal weights give equal bits."""
     import subprocess
     import sys
+
     from .config import Config
     cfg = Config(tasks=tasks, model=model, device=device, amp=amp, channels_last=channels_last,
                  epochs=1, retrain_epochs=1, max_train=max_train, batch_size=64, lr=0.01)
@@ -557,7 +562,7 @@ def probe_check(out: Path, device: str = "cpu", model: str = "small_vgg", amp: b
     procs = []
     for stage in (1, 2):
         p = subprocess.run([sys.executable, "-c", code, str(stage), str(out), config],
-                           capture_output=True, text=True, timeout=timeout)
+                           check=False, capture_output=True, text=True, timeout=timeout)
         procs.append(p)
         if p.returncode != 0:
             raise RuntimeError(f"probe check stage {stage} failed:\n{p.stderr[-3000:]}")

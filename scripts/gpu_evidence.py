@@ -26,6 +26,7 @@ Figures, most important first (the letters of issue 18):
   rest      (b) loader: loader images/s per worker, CPU and nvJPEG decoding
             (e) distributed: two gloo ranks on the one GPU, a BatchNorm trunk
             (f) offline: the shipped offline tasks on VGG-16, outputs bit-identical
+            (f) probe: old tasks' probe logits bit-identical in a second process (--resume)
   tests     the CUDA cases of tests/test_vgg16.py
 
 Each group runs in its own process group with the time left passed down
@@ -56,7 +57,8 @@ MAX_WORKERS = 8          # loader processes: the preset's 8 (more only where the
 # (step, figure, group); the order is the order they run in
 STEPS = [("env", "g", "priority"), ("step32", "a, d", "priority"), ("loop", "a", "priority"),
          ("decode", "c", "priority"), ("restore32", "d", "priority"), ("step128", "a", "priority"),
-         ("loader", "b", "rest"), ("distributed", "e", "rest"), ("offline", "f", "rest"), ("tests", "-", "tests")]
+         ("loader", "b", "rest"), ("distributed", "e", "rest"), ("offline", "f", "rest"), ("probe", "f", "rest"),
+         ("tests", "-", "tests")]
 # group -> its share of the budget; a group gets its share of the time left,
 # so what one group leaves unused flows to the next (540 s: priority 297 s)
 GROUPS = {"priority": 0.55, "rest": 0.30, "tests": 0.15}
@@ -95,8 +97,8 @@ def summary(res: dict) -> str:
     meta = res.get("meta", {})
     kind = meta.get("kind", "")
     rows = [f"# GPU evidence: {kind}", "",
-            f"commit {meta.get('commit')}, code hash {meta.get('code_hash')}; budget {meta.get('budget_s')} s; "
-            f"written by scripts/gpu_evidence.py", ""]
+            (f"commit {meta.get('commit')}, code hash {meta.get('code_hash')}; budget {meta.get('budget_s')} s; "
+             "written by scripts/gpu_evidence.py"), ""]
     if meta.get("smoke"):
         rows += [f"**Every figure below is a {SMOKE_LABEL}.**", ""]
     rows += ["| figure | step | status | seconds | figures |", "|---|---|---|---|---|"]
@@ -162,6 +164,7 @@ def _shm() -> dict:
 def step_env(ctx: Ctx):
     import torch
     import torchvision
+
     from packnet_edu.vgg_data import resolve_workers, usable_cores
     env = {"python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
            "torchvision": torchvision.__version__, "cuda": torch.version.cuda,
@@ -175,7 +178,7 @@ def step_env(ctx: Ctx):
                    multiprocessors=p.multi_processor_count)
         try:
             env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                           capture_output=True, text=True, timeout=20).stdout.strip()
+                                           check=False, capture_output=True, text=True, timeout=20).stdout.strip()
         except (OSError, subprocess.SubprocessError) as err:
             env["driver"] = f"unknown ({type(err).__name__})"
     shm = env["dev_shm"]["total_bytes"]
@@ -188,17 +191,19 @@ def step_env(ctx: Ctx):
 def _step_bench(ctx: Ctx, batch: int, weight_decay: float):
     from packnet_edu import bench
     if ctx.smoke:
-        kw = dict(model_name="tiny_vgg16", device="cpu", image_size=32, batch_size=2, steps=1, trials=2,
-                  amp=False, channels_last=False)
+        kw = {"model_name": "tiny_vgg16", "device": "cpu", "image_size": 32, "batch_size": 2, "steps": 1,
+              "trials": 2, "amp": False, "channels_last": False}
     else:
-        kw = dict(model_name="vgg16", device="cuda", image_size=224, batch_size=batch, steps=20, trials=10,
-                  amp=True, channels_last=True, until_ci=0.005, max_seconds=min(40.0, ctx.left() / 3))
+        kw = {"model_name": "vgg16", "device": "cuda", "image_size": 224, "batch_size": batch, "steps": 20,
+              "trials": 10, "amp": True, "channels_last": True, "until_ci": 0.005,
+              "max_seconds": min(40.0, ctx.left() / 3)}
     r = bench.bench_step(weight_decay=weight_decay, **kw)
     text = (f"{r['model']} batch {r['batch_size']}, {r['image_size']} px: plain {r['images_per_s']['plain']:.0f}, "
             f"protected {r['images_per_s']['protected']:.0f} images/s; protected/plain {r['ratio_pairs_mean']:.4f} "
             f"+- {r['ratio_pairs_ci95']:.4f} (95%, {r['trials']} pairs, {r['timer']}); {r['protection_mode']} "
             f"{r['protection_bytes_per_step'] / 1e6:.0f} MB/step; task 1 bit-identical: weights "
-            f"{r['task1_weights_exact_after_protected_step']}, outputs {r['task1_outputs_exact_after_protected_steps']}")
+            f"{r['task1_weights_exact_after_protected_step']}, "
+            f"outputs {r['task1_outputs_exact_after_protected_steps']}")
     if not (r["task1_weights_exact_after_protected_step"] and r["task1_outputs_exact_after_protected_steps"]):
         raise AssertionError("task 1 changed under protection: " + text)
     return r, text
@@ -222,10 +227,10 @@ def step_loop(ctx: Ctx):
     runs = []
     for batch in ((2, 4) if ctx.smoke else (32, 128)):
         for protect in (False, True):
-            kw = dict(model_name="tiny_vgg16", device="cpu", image_size=32, amp=False, workers=0,
-                      channels_last=False) if ctx.smoke else \
-                dict(model_name="vgg16", device="cuda", image_size=224, amp=True, channels_last=True,
-                     workers=ctx.workers(batch, 224))
+            kw = {"model_name": "tiny_vgg16", "device": "cpu", "image_size": 32, "amp": False, "workers": 0,
+                  "channels_last": False} if ctx.smoke else \
+                {"model_name": "vgg16", "device": "cuda", "image_size": 224, "amp": True, "channels_last": True,
+                 "workers": ctx.workers(batch, 224)}
             runs.append(bench.bench_loop(folder, decode="cpu", batch_size=batch, protect=protect, **kw))
     text = "; ".join(f"batch {r['batch_size']} {'protected' if r['protected'] else 'plain'} "
                      f"{r['images_per_s']:.0f}" for r in runs) + f" images/s ({runs[0]['workers']} workers, " \
@@ -296,10 +301,25 @@ def step_offline(ctx: Ctx):
     return keep, text
 
 
+def step_probe(ctx: Ctx):
+    """Old tasks' probe logits bit-identical when computed in another process
+    (bench.probe_check: process 1 trains task 1, process 2 resumes from its checkpoint)."""
+    from packnet_edu import bench
+    kw = {"device": "cpu", "model": "small_vgg", "max_train": 32, "tasks": ("digits", "digits")} if ctx.smoke else \
+        {"device": "cuda", "model": "vgg16", "amp": True, "channels_last": True, "max_train": 2048}
+    r = bench.probe_check(ctx.work / "probe", timeout=max(ctx.left() / 2 - 5, 1), **kw)
+    text = (f"{r['model']} on {r['device']}: task 1's probe logits bit-identical after --resume in a second "
+            f"process: {r['task1_probe_identical_across_processes']}")
+    if not all(r["outputs_identical"]):
+        raise AssertionError("probe logits differ across processes: " + text)
+    return r, text
+
+
 def step_tests(ctx: Ctx):
     (ctx.work / "bundle").mkdir(exist_ok=True)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k", "cuda",
-                           str(REPO / "tests" / "test_vgg16.py")], capture_output=True, text=True, cwd=REPO,
+                           str(REPO / "tests" / "test_vgg16.py")], check=False, capture_output=True, text=True,
+                          cwd=REPO,
                           timeout=max(ctx.left() - 5, 1))
     (ctx.work / "bundle" / "tests.txt").write_text(proc.stdout + proc.stderr)
     last = (proc.stdout.strip().splitlines() or ["no output"])[-1]
@@ -317,9 +337,9 @@ def run_group(group: str, ctx: Ctx) -> int:
         record(ctx.out, name, status="running", figure=figure, group=group)
         try:
             result, text = globals()[f"step_{name}"](ctx)
-            fields = dict(status="ok", result=result, figures=text)
-        except BaseException as err:          # record and go on: the other figures still count
-            fields = dict(status=f"failed: {type(err).__name__}: {str(err)[-300:]}".replace("\n", " "))
+            fields = {"status": "ok", "result": result, "figures": text}
+        except BaseException as err:  # noqa: BLE001 -- record any end (SystemExit too) and go on: the others count
+            fields = {"status": f"failed: {type(err).__name__}: {str(err)[-300:]}".replace("\n", " ")}
             failed += 1
             import traceback
             traceback.print_exc()
@@ -382,8 +402,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"error: {args.out} is a file, not a folder: give a new or empty folder for the evidence")
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"error: {args.out} is not empty: give a new folder (nothing in it is overwritten)")
-    from packnet_edu.fileio import check_writable
-    from packnet_edu.fileio import WriteError
+    from packnet_edu.fileio import WriteError, check_writable
     try:
         check_writable(out)
     except WriteError as err:
@@ -409,12 +428,12 @@ def main(argv=None) -> int:
     status = {}
     with tempfile.TemporaryDirectory(prefix="packnet-evidence-") as work, open(out / "log.txt", "ab") as log:
         groups = [g for g in GROUPS if not args.only or g in args.only]
-        for group in GROUPS:
+        for group, share in GROUPS.items():
             if group not in groups:
                 status[group] = "not run (--only)"
                 continue
             left = t_start + budget - time.time()
-            limit = left * GROUPS[group] / sum(GROUPS[g] for g in groups[groups.index(group):])
+            limit = left * share / sum(GROUPS[g] for g in groups[groups.index(group):])
             if limit < 5:
                 status[group] = f"not run: the budget of {budget:.0f}s was spent"
                 continue
@@ -441,7 +460,8 @@ def main(argv=None) -> int:
 
 def _git_commit():
     try:
-        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], check=False, capture_output=True,
+                              text=True,
                               timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None

@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "gpu_evidence.py"
 PACKAGES = REPO / "benchmarks" / "results" / "gpu_machine_packages.txt"
 NAME = re.compile(r"[A-Za-z0-9._-]+")
-FIGURES = ("env", "step32", "loop", "decode", "restore32", "step128", "loader", "distributed", "offline", "tests")
+FIGURES = ("env", "step32", "loop", "decode", "restore32", "step128", "loader", "distributed", "offline", "probe",
+           "tests")
 
 # Written into a sitecustomize.py the smoke run's every Python process loads:
 # at exit, it lists the top-level modules that process imported.
@@ -62,7 +63,7 @@ def smoke(tmp_path_factory):
     # from another folder than the repository, with a relative output folder (issue 16, item 12);
     # --budget: CI shares its CPU, the default 300 s assume one to itself
     proc = subprocess.run([sys.executable, str(SCRIPT), "ev", "--smoke", "--budget", "800"], cwd=tmp, env=env,
-                          capture_output=True, text=True, timeout=900)
+                          check=False, capture_output=True, text=True, timeout=900)
     return tmp, proc
 
 
@@ -106,6 +107,7 @@ def test_smoke_run_brings_back_every_figure_within_the_limits(smoke):
     assert [r["decode"] for r in steps["loader"]["runs"]] == ["cpu", "gpu"]
     assert steps["distributed"]["ranks"] == 2 and steps["distributed"]["old_task_outputs_identical_on_both_ranks"]
     assert steps["offline"]["task_names"] == ["animals", "digits"] and all(steps["offline"]["outputs_identical"])
+    assert steps["probe"]["processes"] == 2 and steps["probe"]["outputs_identical"] == [True, True]
 
 
 def test_smoke_imports_only_what_the_gpu_machine_has(smoke):
@@ -132,8 +134,8 @@ def test_smoke_imports_only_what_the_gpu_machine_has(smoke):
 
 def test_refuses_a_folder_holding_something(tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--smoke"], capture_output=True, text=True,
-                          timeout=60, env=_env())
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--smoke"], check=False,
+                          capture_output=True, text=True, timeout=60, env=_env())
     assert proc.returncode != 0 and proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "not empty" in proc.stderr and (tmp_path / "mine.txt").read_text() == "keep me"
 
@@ -142,7 +144,7 @@ def test_a_file_as_the_folder_is_one_line_error(tmp_path):
     """Issue 16, item 7: a regular file where the folder should be."""
     f = tmp_path / "FILE"
     f.write_text("mine")
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(f), "--smoke"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(f), "--smoke"], check=False, capture_output=True, text=True,
                           timeout=60, env=_env())
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: ") and "file" in proc.stderr
@@ -151,8 +153,8 @@ def test_a_file_as_the_folder_is_one_line_error(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
 def test_without_a_gpu_says_to_use_smoke(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "out")], capture_output=True, text=True,
-                          timeout=120, env=_env())
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "out")], check=False,
+                          capture_output=True, text=True, timeout=120, env=_env())
     assert proc.returncode != 0 and "no CUDA GPU" in proc.stderr and "--smoke" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
@@ -161,7 +163,7 @@ def test_a_short_budget_says_what_happened(tmp_path):
     """Issue 16, item 16: a budget too short for the groups: each says it timed
     out after a real number of seconds or was not run; never a negative time."""
     proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "ev"), "--smoke", "--budget", "6"],
-                          capture_output=True, text=True, timeout=120, env=_env())
+                          check=False, capture_output=True, text=True, timeout=120, env=_env())
     res = json.loads((tmp_path / "ev" / "results.json").read_text())
     groups = res["meta"]["groups"]
     statuses = list(groups.values()) + [s["status"] for s in res["steps"].values()]
