@@ -240,3 +240,18 @@ def test_a_timeout_kills_the_whole_process_group(tmp_path):
     else:
         os.kill(pid, 9)
         pytest.fail("the grandchild outlived the timeout")
+
+
+def test_the_results_readme_documents_this_script():
+    """benchmarks/results/README.md's run command parses, and its step table,
+    group shares and budget are the script's."""
+    ev = _script()
+    text = (REPO / "benchmarks" / "results" / "README.md").read_text()
+    command = re.search(r"\| `command` \| `(.+?)` \|", text).group(1)
+    assert command == 'PYTHONUNBUFFERED=1 python3 scripts/gpu_evidence.py "$OUT" --commit <40-hex-hash>'
+    args = ev.parse_args(["/tmp/out", "--commit", "0123456789abcdef0123456789abcdef01234567"])
+    assert not args.smoke and args.budget is None and ev.BUDGET == 540
+    assert re.search(r"\| `timeout_s` \| `600` \|", text) and re.search(r"\| `carry` \| `\[\]`", text)
+    table = re.findall(r"^\| (\d+) \| (\w+) \|", text, flags=re.M)
+    assert [name for _, name in table] == [name for name, _, _ in ev.STEPS]
+    assert f"({', '.join(f'{v:.2f}' for v in ev.GROUPS.values())} of the {ev.BUDGET} s budget" in text
