@@ -252,6 +252,6 @@ def test_the_results_readme_documents_this_script():
     args = ev.parse_args(["/tmp/out", "--commit", "0123456789abcdef0123456789abcdef01234567"])
     assert not args.smoke and args.budget is None and ev.BUDGET == 540
     assert re.search(r"\| `timeout_s` \| `600` \|", text) and re.search(r"\| `carry` \| `\[\]`", text)
-    table = re.findall(r"^\| (\d+) \| (\w+) \|", text, flags=re.M)
+    table = re.findall(r"^\| (\d+) \| (\w+) \|", text, flags=re.MULTILINE)
     assert [name for _, name in table] == [name for name, _, _ in ev.STEPS]
     assert f"({', '.join(f'{v:.2f}' for v in ev.GROUPS.values())} of the {ev.BUDGET} s budget" in text
