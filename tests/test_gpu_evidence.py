@@ -255,3 +255,12 @@ def test_the_results_readme_documents_this_script():
     table = re.findall(r"^\| (\d+) \| (\w+) \|", text, flags=re.MULTILINE)
     assert [name for _, name in table] == [name for name, _, _ in ev.STEPS]
     assert f"({', '.join(f'{v:.2f}' for v in ev.GROUPS.values())} of the {ev.BUDGET} s budget" in text
+
+
+def test_the_log_is_kept_under_its_limit(tmp_path):
+    with open(tmp_path / "log.txt", "ab") as log:
+        log.write(b"a" * 60 + b"b" * 40)
+        _script()._cap(log, most=40)
+        log.write(b"next group\n")
+    text = (tmp_path / "log.txt").read_bytes()
+    assert text.endswith(b"\n" + b"b" * 40 + b"next group\n") and b"a" not in text.split(b"\n", 1)[1]
