@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import config
 from .config import at_least
 from .engine import PackNet
 from .models import build_model
@@ -583,18 +584,6 @@ def device_arg(text: str) -> str:
     raise argparse.ArgumentTypeError(f"{text!r}: bench runs on cpu or cuda (cuda:N for the N-th GPU)")
 
 
-def check_device(device: str) -> None:
-    """Stop with one line if `device` is a GPU this machine does not have."""
-    if not device.startswith("cuda"):
-        return
-    index = int(device.split(":")[1]) if ":" in device else 0
-    if not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {device} but no CUDA GPU is visible; use --device cpu")
-    if index >= torch.cuda.device_count():
-        raise SystemExit(f"error: --device {device} but this machine has {torch.cuda.device_count()} GPU(s): "
-                         f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-
-
 def _shape_check(model_name: str):
     """A function size -> does one image of `size` x `size` pass through
     `model_name`? (Shapes only: the model lives on the meta device, so no
@@ -634,7 +623,7 @@ def check_image_size(model_name: str, size: int) -> None:
 
 def check_bench_args(args) -> None:
     """Every check of `bench`'s flags, before any model, file or image is made."""
-    check_device(args.device)
+    config.check_device(config.Config(device=args.device))   # a GPU this machine lacks: ConfigError, one line
     if args.part == "step" or args.image_size is not None:
         check_image_size(args.model if args.part != "loader" else "vgg16",
                          args.image_size or (28 if args.model == "small_vgg" and args.part == "step" else 224))
