@@ -414,6 +414,7 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
+    t_start = time.time()                            # the budget counts from here
     args = parse_args(argv)
     sys.path.insert(0, str(REPO))
     if args.group:                                   # a child: one group's steps
@@ -434,7 +435,6 @@ def main(argv=None) -> int:
         if not torch.cuda.is_available():
             raise SystemExit("error: no CUDA GPU visible to this Python's torch; use --smoke for a CPU run")
     budget = args.budget or (SMOKE_BUDGET if args.smoke else BUDGET)
-    t_start = time.time()
     commit = args.commit or _git_commit()
     meta = {"kind": SMOKE_LABEL if args.smoke else "measurement", "smoke": args.smoke, "commit": commit,
             "commit_source": "--commit" if args.commit else ("git" if commit else None), "code_hash": code_hash(),

@@ -202,14 +202,14 @@ def test_without_a_gpu_says_to_use_smoke(tmp_path):
 
 def test_a_short_budget_says_what_happened(tmp_path):
     """Issue 16, item 16: a budget too short for the groups: each says it timed
-    out after a real number of seconds or was not run; never a negative time."""
+    out after a real number of seconds or was not run; never a negative time
+    (which group gets to start depends on the machine's speed)."""
     proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "ev"), "--smoke", "--budget", "6"],
                           check=False, capture_output=True, text=True, timeout=120, env=_env())
     res = json.loads((tmp_path / "ev" / "results.json").read_text())
     groups = res["meta"]["groups"]
     statuses = list(groups.values()) + [s["status"] for s in res["steps"].values()]
     assert proc.returncode != 0 and not any(re.search(r"-\d", s) for s in statuses), statuses
-    assert any(s.startswith("timed out after ") for s in groups.values()), groups
     assert all(re.fullmatch(r"(timed out after [0-9]+s \(limit [0-9]+s\)|not run: the budget of 6s was spent)", s)
                for s in groups.values()), groups
     assert all(s["status"] != "ok" for s in res["steps"].values())
@@ -225,7 +225,7 @@ def test_a_timeout_kills_the_whole_process_group(tmp_path):
     t0 = time.time()
     with open(tmp_path / "log", "wb") as log:
         status = _script().run_child([sys.executable, "-c", code], log, dict(os.environ), 4)
-    assert status.startswith("timed out after ") and time.time() - t0 < 30
+    assert re.fullmatch(r"timed out after [4-9]s \(limit 4s\)", status) and time.time() - t0 < 30, status
     pid = int(pid_file.read_text())
     deadline = time.time() + 10
     while time.time() < deadline:
