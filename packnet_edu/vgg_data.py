@@ -182,8 +182,26 @@ class GpuDecode:
 
     def __init__(self, transform):
         self.transform = transform
+        self._streams: dict = {}
 
     def __call__(self, encoded: List[np.ndarray], device) -> torch.Tensor:
+        device = torch.device(device)
+        if device.type != "cuda":
+            return self._decode(encoded, device)
+        # nvJPEG writes from its own stream without waiting on the caller's
+        # (pytorch/vision#9606): memory the training stream's queued kernels still
+        # read could be handed to it. Decode on a stream of our own, after its
+        # previous batch only; the caller's stream waits for the result.
+        stream = self._streams.setdefault(device, torch.cuda.Stream(device))
+        stream.synchronize()
+        with torch.cuda.stream(stream):
+            out = self._decode(encoded, device)
+        current = torch.cuda.current_stream(device)
+        current.wait_stream(stream)
+        out.record_stream(current)
+        return out
+
+    def _decode(self, encoded: List[np.ndarray], device) -> torch.Tensor:
         from torchvision.io import ImageReadMode, decode_image, decode_jpeg
         encoded = [torch.from_numpy(e) for e in encoded]
         jpeg = [i for i, e in enumerate(encoded) if e[:2].tolist() == [0xFF, 0xD8]]
