@@ -166,6 +166,9 @@ def new_cases() -> list:
         # 17: a read-only disk (a read-only tmpfs where this process may mount one)
         Case(f"export {{T}}/run/checkpoint.pt --task 1 --out {ro_out}", says=r"cannot write \S*/ro/task1\.pt\b",
              tag="16.17"),
+        # 5: bench flags that once failed deep inside torch
+        *[Case(f"bench {a}", tag="16.5") for a in ("--device foo", "--device mps", "--image-size 8",
+                                                   "--image-size 100000", "loader --images 1")],
         # issue 15, 11: a finished run whose results.json was lost or cut off
         Case(f"run --resume --out {{T}}/finished --tasks digits digits {TINY}",
              setup=lambda t: (t / "finished" / "results.json").unlink(),
