@@ -46,10 +46,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
 from . import train as T
-from .checkpoint import checksum       # one digest of named tensors for the whole package
+from .checkpoint import checksum  # one digest of named tensors for the whole package
 from .engine import PackNet, PackNetError
 
 
@@ -267,6 +267,7 @@ def run_to(cfg: T.Config, out, resume: bool = False, overwrite: bool = False) ->
     """experiments.run_packnet_to under torchrun: every rank trains and reads
     the checkpoint to resume; only rank 0 writes checkpoints and results."""
     from pathlib import Path
+
     from .experiments import run_packnet_to
     cfg = _on_this_rank(cfg)
     result = run_packnet_to(cfg, Path(out), resume, runtime=distributed_runtime(), write=rank() == 0,
@@ -297,6 +298,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """`torchrun --nproc_per_node N -m packnet_edu.distributed [run flags]`."""
     import argparse
     from pathlib import Path
+
     from .config import add_config_flags, config_from_args
     from .experiments import check_run_folder
     from .presets import PRESETS
@@ -305,7 +307,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     add_config_flags(parser)
     parser.add_argument("--out", type=Path, default=Path("runs/packnet"))
     parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--overwrite", action="store_true", help="replace the run in OUT (its checkpoint and results only)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run in OUT (its checkpoint and results only)")
     args = parser.parse_args(argv)          # the same flags on every rank: every rank stops alike
     if rank() != 0:
         os.environ.setdefault("TQDM_DISABLE", "1")

@@ -49,9 +49,14 @@ def build(num_classes):
     return tiny_vgg16(num_classes, div=16).double()
 
 
-def _worker(rank, world, port, out):
+def as_rank(rank, world, port):
+    """The environment torchrun gives rank `rank` of `world` (a local gloo group)."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), LOCAL_RANK=str(rank), TQDM_DISABLE="1")
+
+
+def _worker(rank, world, port, out):
+    as_rank(rank, world, port)
     torch.set_num_threads(1)
     snap = {}
 
@@ -160,8 +165,7 @@ def build_bn(num_classes):
 
 
 def _bn_worker(rank, world, port, out):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), LOCAL_RANK=str(rank), TQDM_DISABLE="1")
+    as_rank(rank, world, port)
     torch.set_num_threads(1)
     snap = {}
 
@@ -200,8 +204,7 @@ def test_the_cross_rank_check_covers_every_buffer_and_parameter():
 
 # ------------------------------------------------------------------ errors under torchrun (issue 16, item 8)
 def _refusing_worker(rank, world, port, out, codes):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), LOCAL_RANK=str(rank), TQDM_DISABLE="1")
+    as_rank(rank, world, port)
     code = D.main(["--tasks", "digits", "--epochs", "1", "--out", out])
     with open(os.path.join(codes, f"rank{rank}"), "w") as f:
         f.write(str(code))

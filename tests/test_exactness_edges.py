@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from test_robustness import steps  # a few SGD steps on random batches
 
 from packnet_edu import PackNet, PackNetError, small_vgg
 from packnet_edu.bits import fingerprint, int_view, same_bits
@@ -23,16 +23,6 @@ PROBE = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(7))
 def tiny(seed=0, tasks=3, batch_norm=True):
     torch.manual_seed(seed)
     return small_vgg([3] * tasks, width=4, batch_norm=batch_norm)
-
-
-def steps(model, task, optimizer, n=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(n):
-        x, y = torch.randn(8, 1, 28, 28, generator=g), torch.randint(0, 3, (8,), generator=g)
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x, task), y).backward()
-        optimizer.step()
 
 
 def params(model, task):
@@ -78,6 +68,29 @@ def assert_task1_bits_kept(model, engine, saved, before):
         else:
             assert same_bits(now[k], v), k
     assert same_bits(logits(model, engine, 1), before)
+
+
+def two_tasks_done(end=True):
+    """A model without BatchNorm after task 1 and (end=True) a trained task 2;
+    returns it, its engine and task 1's logits."""
+    model = tiny(batch_norm=False)
+    engine = PackNet(model.trunk, heads=model.heads)
+    before = task1_done(model, engine)
+    engine.start_task()
+    if end:
+        opt = torch.optim.SGD(params(model, 2), lr=0.05)
+        engine.protect(opt)
+        steps(model, 2, opt)
+        engine.end_task()
+    return model, engine, before
+
+
+def restores_and_keeps_task1(model, engine, handle, opt, saved, before, seed=0):
+    """Steps of task 2 that masking cannot keep exact: restored, and task 1 kept."""
+    steps(model, 2, opt, seed=seed)
+    assert handle.mode == "restore"
+    engine.end_task()
+    assert_task1_bits_kept(model, engine, saved, before)
 
 
 def test_bits_see_what_torch_equal_cannot():
@@ -146,10 +159,7 @@ def test_optimizer_state_loaded_mid_phase_cannot_move_old_weights():
     steps(model, 2, opt, n=1)
     assert handle.mode == "mask"
     opt.load_state_dict(other_opt.state_dict())           # momentum buffers with frozen entries != 0
-    steps(model, 2, opt, n=2, seed=3)
-    assert handle.mode == "restore"
-    engine.end_task()
-    assert_task1_bits_kept(model, engine, saved, before)
+    restores_and_keeps_task1(model, engine, handle, opt, saved, before, seed=3)
 
 
 # ------------------------------------------------------------------ item 3
@@ -166,11 +176,7 @@ def test_maximize_keeps_a_frozen_negative_zero():
     assert (int_view(saved["trunk.conv2.weight"]) == -(1 << 31)).sum() >= 1
     engine.start_task()
     opt = torch.optim.SGD(params(model, 2), lr=0.05, maximize=True)
-    handle = engine.protect(opt)
-    steps(model, 2, opt)
-    assert handle.mode == "restore"
-    engine.end_task()
-    assert_task1_bits_kept(model, engine, saved, before)
+    restores_and_keeps_task1(model, engine, engine.protect(opt), opt, saved, before)
 
 
 # ------------------------------------------------------------------ item 4
@@ -230,14 +236,7 @@ def test_unprotected_steps_are_caught_at_the_next_view():
 
 # ------------------------------------------------------------------ item 6
 def test_a_view_under_torch_compile_is_exact_or_refused():
-    model = tiny(batch_norm=False)
-    engine = PackNet(model.trunk, heads=model.heads)
-    before = task1_done(model, engine)
-    engine.start_task()
-    opt = torch.optim.SGD(params(model, 2), lr=0.05)
-    engine.protect(opt)
-    steps(model, 2, opt)
-    engine.end_task()
+    model, engine, before = two_tasks_done()
     compiled = torch.compile(model.trunk, backend="eager")
     model.eval()
     with torch.no_grad():
@@ -253,14 +252,7 @@ def test_a_view_under_torch_compile_is_exact_or_refused():
 
 # ------------------------------------------------------------------ item 7
 def test_views_from_two_threads_never_see_each_others_task():
-    model = tiny(batch_norm=False)
-    engine = PackNet(model.trunk, heads=model.heads)
-    task1_done(model, engine)
-    engine.start_task()
-    opt = torch.optim.SGD(params(model, 2), lr=0.05)
-    engine.protect(opt)
-    steps(model, 2, opt)
-    engine.end_task()
+    model, engine, _ = two_tasks_done()
     model.eval()
     expected = {t: logits(model, engine, t) for t in (1, 2)}
     with torch.no_grad():
@@ -320,12 +312,8 @@ def test_task_ids_of_any_integer_type_are_accepted():
 
 # ------------------------------------------------------------------ views: cache and nesting
 def test_cached_views_follow_weight_changes_and_cost_one_copy():
-    model = tiny(batch_norm=False)
-    engine = PackNet(model.trunk, heads=model.heads)
-    task1_done(model, engine)
-    engine.start_task()
-    opt = torch.optim.SGD(params(model, 2), lr=0.05)
-    engine.protect(opt)
+    model, engine, _ = two_tasks_done(end=False)
+    opt = engine.protect(torch.optim.SGD(params(model, 2), lr=0.05)).optimizer
     model.eval()
     with torch.no_grad(), engine.task_view(2):
         first = model(PROBE, 2)
